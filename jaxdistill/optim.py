@@ -1,0 +1,55 @@
+"""Optimizer and learning-rate schedule from `config.optimizer`."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "constant", "step")
+
+
+def learning_rate_schedule(opt, num_steps: int) -> optax.Schedule:
+    """Linear warm-up to `opt.learning_rate`, then cosine to 0, constant, or step decay."""
+    if opt.schedule not in SCHEDULES:
+        raise ValueError(f"config.optimizer.schedule '{opt.schedule}' is unknown; "
+                         f"choose one of {SCHEDULES}")
+    if opt.learning_rate <= 0:
+        raise ValueError(f"config.optimizer.learning_rate must be > 0, got {opt.learning_rate}")
+    warmup = int(opt.warmup_steps)
+    rest = max(1, num_steps - warmup)
+    if opt.schedule == "cosine":
+        main = optax.cosine_decay_schedule(opt.learning_rate, rest)
+    elif opt.schedule == "constant":
+        main = optax.constant_schedule(opt.learning_rate)
+    else:
+        main = optax.piecewise_constant_schedule(
+            opt.learning_rate, {int(f * num_steps) - warmup: 0.1 for f in opt.decay_fractions})
+    if warmup <= 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, opt.learning_rate, warmup), main],
+                                [warmup])
+
+
+def _is_matrix(params):
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(opt, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optax transformation for the trainable params, and its schedule."""
+    if opt.name not in OPTIMIZERS:
+        raise ValueError(f"config.optimizer.name '{opt.name}' is unknown; choose one of {OPTIMIZERS}")
+    if opt.weight_decay < 0:
+        raise ValueError(f"config.optimizer.weight_decay must be >= 0, got {opt.weight_decay}")
+    schedule = learning_rate_schedule(opt, num_steps)
+    parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip > 0 else []
+    if opt.name == "sgd":
+        if opt.weight_decay:
+            parts.append(optax.add_decayed_weights(opt.weight_decay, mask=_is_matrix))
+        parts.append(optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))
+    elif opt.name == "adam":
+        parts.append(optax.adam(schedule, b1=opt.momentum))
+    else:
+        parts.append(optax.adamw(schedule, b1=opt.momentum, weight_decay=opt.weight_decay,
+                                 mask=_is_matrix))
+    return optax.chain(*parts), schedule

@@ -1,0 +1,181 @@
+"""Everything a run needs, resolved and validated before anything compiles.
+
+`prepare_run(config)` checks the config (model, loss and dataset names, class counts,
+dtypes, batch sizes, the teacher checkpoint's existence and fit), builds the models and
+the train state abstractly (`nnx.eval_shape` / `jax.eval_shape`), derives every
+sharding from those shapes and the config's rules, and traces the train step once
+abstractly so that a loss term that cannot work with these models fails here, with a
+`ValueError` naming the field. It writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from jaxdistill import augment, checkpoint, data, parallel
+from jaxdistill.models import build_model
+from jaxdistill.objective import Objective, build_objective
+from jaxdistill.optim import make_optimizer
+from jaxdistill.step import StepContext, TrainState, train_step
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class RunSetup:
+    config: Any
+    info: data.DatasetInfo
+    mesh: Mesh
+    ctx: StepContext
+    schedule: Any
+    init_state: Any                 # rng -> TrainState (jit with out_shardings=state_shardings)
+    abstract_state: TrainState      # ShapeDtypeStructs carrying their shardings
+    state_shardings: TrainState
+    teacher_abstract: dict | None   # {'params', 'batch_stats'} ShapeDtypeStructs with shardings
+    batch_sharding: NamedSharding
+
+    @property
+    def objective(self) -> Objective:
+        return self.ctx.objective
+
+
+def _dtype(value: str, field: str):
+    if value not in DTYPES:
+        raise ValueError(f"{field} '{value}' is unknown; choose one of {sorted(DTYPES)}")
+    return DTYPES[value]
+
+
+def _num_classes(role_cfg, field: str, dataset_classes: int) -> int:
+    n = int(role_cfg.num_classes) or dataset_classes
+    if n != dataset_classes:
+        raise ValueError(f"{field}.num_classes is {n} but the dataset has {dataset_classes} "
+                         f"classes; set it to 0 (use the dataset's) or {dataset_classes}")
+    return n
+
+
+def model_factory(role_cfg, field: str, num_classes: int, input_shape, dtype):
+    """`make(rngs)` for the configured model; its name and kwargs are checked here."""
+    kwargs = dict(role_cfg.kwargs)
+
+    def make(rngs):
+        return build_model(role_cfg.model, num_classes=num_classes, input_shape=input_shape,
+                           rngs=rngs, dtype=dtype, **kwargs)
+    try:
+        nnx.eval_shape(lambda: make(nnx.Rngs(0)))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{field}.model: {e}") from None
+    return make
+
+
+def _with_shardings(tree, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        tree, shardings)
+
+
+def _state_shardings(abstract: TrainState, mesh: Mesh, rule: str) -> TrainState:
+    rep = parallel.replicated(mesh)
+    return TrainState(step=rep, rng=rep,
+                      params=parallel.tree_shardings(abstract.params, mesh, rule),
+                      batch_stats=parallel.tree_shardings(abstract.batch_stats, mesh, rule),
+                      opt_state=parallel.tree_shardings(abstract.opt_state, mesh, rule))
+
+
+def prepare_run(config, *, teacher_checkpoint_required: bool = True) -> RunSetup:
+    """Validates `config` and resolves every static piece of the run (see module doc)."""
+    if config.num_steps <= 0:
+        raise ValueError(f"config.num_steps must be > 0, got {config.num_steps}")
+    for field in ("log_every", "eval_every", "checkpoint_every"):
+        if config[field] < 0:
+            raise ValueError(f"config.{field} must be >= 0, got {config[field]}")
+    info = data.prepare(config.data.name, config.data.data_dir or None)
+    for split in (config.data.train_split, config.data.eval_split):
+        if split not in info.splits:
+            raise ValueError(f"config.data: split '{split}' is not in {config.data.name} "
+                             f"(splits: {sorted(info.splits)})")
+    mesh = parallel.make_mesh(config.mesh.shape, config.mesh.axes)
+    data_size = mesh.shape[parallel.DATA_AXIS]
+    for field in ("batch_size", "eval_batch_size"):
+        if config[field] <= 0 or config[field] % data_size:
+            raise ValueError(f"config.{field} ({config[field]}) must be a positive multiple of the "
+                             f"mesh's data axis size ({data_size})")
+    aug = augment.Augment(config.data.augment, int(config.data.augment_pixels),
+                          tuple(config.data.mean), tuple(config.data.std))
+
+    has_teacher = bool(config.teacher.model)
+    objective = build_objective(config.objective, has_teacher=has_teacher)
+    if has_teacher and not objective.needs_teacher:
+        raise ValueError("config.objective has no term that uses the teacher; add e.g. "
+                         "kd=dict(weight=1.0) or set config.teacher.model = ''")
+    classes = _num_classes(config.student, "config.student", info.num_classes)
+    make_student = model_factory(config.student, "config.student", classes, info.image_shape,
+                                 _dtype(config.student.dtype, "config.student.dtype"))
+    student_def, _, _ = nnx.split(nnx.eval_shape(lambda: make_student(nnx.Rngs(0))),
+                                  nnx.Param, nnx.BatchStat)
+
+    teacher_def = teacher_abstract = None
+    if has_teacher:
+        _num_classes(config.teacher, "config.teacher", info.num_classes)
+        t_dtype = _dtype(config.teacher.dtype, "config.teacher.dtype")
+        make_teacher = model_factory(config.teacher, "config.teacher", classes, info.image_shape,
+                                     t_dtype)
+        teacher_def, t_params, t_stats = nnx.split(
+            nnx.eval_shape(lambda: make_teacher(nnx.Rngs(0))), nnx.Param, nnx.BatchStat)
+        t_vars = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, t_dtype),
+                              {"params": t_params, "batch_stats": t_stats})
+        teacher_abstract = _with_shardings(
+            t_vars, parallel.tree_shardings(t_vars, mesh, config.mesh.teacher_rule))
+        if config.teacher.checkpoint:
+            checkpoint.check_teacher_fits(config.teacher.checkpoint, teacher_abstract)
+        elif teacher_checkpoint_required:
+            raise ValueError("config.teacher.checkpoint is empty; point it at a teacher run's "
+                             "workdir (train one with a config whose teacher.model is '')")
+
+    tx, schedule = make_optimizer(config.optimizer, config.num_steps)
+
+    def init_state(rng):
+        _, params, stats = nnx.split(make_student(nnx.Rngs(params=rng)), nnx.Param,
+                                     nnx.BatchStat)
+        trainable = {"student": params, "aux": {}}
+        return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, batch_stats=stats,
+                          opt_state=tx.init(trainable),
+                          rng=jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
+
+    abstract = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
+    shardings = _state_shardings(abstract, mesh, config.mesh.student_rule)
+    ctx = StepContext(student_def, teacher_def, objective, tx, aug)
+    batch_sh = parallel.batch_sharding(mesh)
+    setup = RunSetup(config, info, mesh, ctx, schedule, init_state,
+                     _with_shardings(abstract, shardings), shardings, teacher_abstract, batch_sh)
+    jax.eval_shape(functools.partial(train_step, ctx), setup.abstract_state, teacher_abstract,
+                   abstract_batch(info, config.batch_size))
+    return setup
+
+
+def abstract_batch(info: data.DatasetInfo, batch_size: int) -> dict:
+    return {"image": jax.ShapeDtypeStruct((batch_size, *info.image_shape), jnp.float32),
+            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+            "index": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+
+
+def model_cost(graphdef, abstract_vars, input_shape) -> tuple[int, float]:
+    """(parameter count, forward FLOPs per example from XLA's cost analysis at batch 1)."""
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_vars["params"]))
+
+    def forward(variables, x):
+        model = nnx.merge(graphdef, variables["params"], variables["batch_stats"])
+        return model(x, train=False)[0]
+    plain = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_vars)
+    compiled = jax.jit(forward).lower(
+        plain, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return params, float(cost.get("flops", 0.0)) if cost else 0.0
+

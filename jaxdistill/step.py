@@ -1,0 +1,111 @@
+"""The train and eval steps: pure functions of pytrees, compiled once by the trainer.
+
+`train_step(ctx, state, teacher, batch)` runs the frozen teacher's forward pass and the
+student's update in one program. `ctx` is static (graph definitions, objective,
+optimizer, augmentation) and is bound with `functools.partial` before `jax.jit`; the
+student state is donated; the teacher's variables are a separate, non-donated input
+whose outputs pass through `stop_gradient`, so no teacher gradient is ever formed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from jaxdistill import augment
+from jaxdistill.objective import Objective, Views
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a run carries from step to step (and checkpoints).
+
+    params: trainable pytree {'student': nnx.State, 'aux': dict} (aux: adapters,
+    discriminators of the objective); batch_stats: the student's BatchNorm statistics.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    """Static parts of the step."""
+
+    student_def: Any
+    teacher_def: Any | None
+    objective: Objective
+    tx: optax.GradientTransformation
+    augment: augment.Augment
+
+
+def forward(graphdef, params, batch_stats, images, *, train: bool, rngs=None):
+    """Runs a model from its split state; returns (logits, features, new batch stats)."""
+    model = nnx.merge(graphdef, params, batch_stats)
+    logits, features = model(images, train=train, rngs=rngs)
+    return logits, features, nnx.state(model, nnx.BatchStat)
+
+
+def teacher_outputs(ctx: StepContext, teacher, images):
+    """The frozen teacher's logits and features (eval mode, no gradient), or (None, None)."""
+    if ctx.teacher_def is None:
+        return None, None
+    logits, features, _ = forward(ctx.teacher_def, teacher["params"], teacher["batch_stats"],
+                                  images, train=False)
+    return jax.lax.stop_gradient((logits, features))
+
+
+def _agreement(student_logits, teacher_logits):
+    return (jnp.argmax(student_logits, -1) == jnp.argmax(teacher_logits, -1)).astype(jnp.float32)
+
+
+def train_step(ctx: StepContext, state: TrainState, teacher, batch):
+    """One update of the student (and aux params) on `batch`; returns (state, metrics)."""
+    rng = jax.random.fold_in(state.rng, state.step)
+    aug_rng, dropout_rng = jax.random.split(rng)
+    images = augment.apply(ctx.augment, batch["image"], aug_rng, train=True)
+    t_logits, t_features = teacher_outputs(ctx, teacher, images)
+
+    def loss_fn(params):
+        s_logits, s_features, new_stats = forward(
+            ctx.student_def, params["student"], state.batch_stats, images, train=True,
+            rngs=nnx.Rngs(dropout=dropout_rng))
+        views = Views(s_logits, s_features, t_logits, t_features, batch["label"])
+        total, terms = ctx.objective(views, state.step)
+        return total, (terms, new_stats, s_logits)
+
+    (total, (terms, new_stats, s_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": total, **terms,
+               "accuracy": jnp.mean(jnp.argmax(s_logits, -1) == batch["label"]),
+               "grad_norm": optax.global_norm(grads)}
+    if t_logits is not None:
+        metrics["agreement"] = jnp.mean(_agreement(s_logits, t_logits))
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+
+def eval_step(ctx: StepContext, state: TrainState, teacher, batch):
+    """Sums over the real (mask = 1) examples of a batch: student and teacher correct
+    predictions, student-teacher top-1 agreement, and the example count."""
+    images = augment.apply(ctx.augment, batch["image"], None, train=False)
+    s_logits, _, _ = forward(ctx.student_def, state.params["student"], state.batch_stats,
+                             images, train=False)
+    mask = batch["mask"]
+    sums = {"count": jnp.sum(mask),
+            "correct": jnp.sum(mask * (jnp.argmax(s_logits, -1) == batch["label"]))}
+    t_logits, _ = teacher_outputs(ctx, teacher, images)
+    if t_logits is not None:
+        sums["teacher_correct"] = jnp.sum(mask * (jnp.argmax(t_logits, -1) == batch["label"]))
+        sums["agree"] = jnp.sum(mask * _agreement(s_logits, t_logits))
+    return sums

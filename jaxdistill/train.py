@@ -1,0 +1,167 @@
+"""The training loop: init or resume, step, evaluate, checkpoint, log, summarise."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from jaxdistill import checkpoint, data, parallel
+from jaxdistill.metrics import MetricWriter, format_duration, progress_line
+from jaxdistill.setup import RunSetup, model_cost, prepare_run
+from jaxdistill.step import eval_step, train_step
+
+SUMMARY = "summary.json"
+
+
+def compile_steps(setup: RunSetup):
+    """The jitted train and eval steps with explicit shardings; the state is donated."""
+    rep = parallel.replicated(setup.mesh)
+    teacher_sh = (jax.tree.map(lambda x: x.sharding, setup.teacher_abstract)
+                  if setup.teacher_abstract is not None else None)
+    in_sh = (setup.state_shardings, teacher_sh, setup.batch_sharding)
+    train_fn = jax.jit(functools.partial(train_step, setup.ctx), in_shardings=in_sh,
+                       out_shardings=(setup.state_shardings, rep), donate_argnums=(0,))
+    eval_fn = jax.jit(functools.partial(eval_step, setup.ctx), in_shardings=in_sh,
+                      out_shardings=rep)
+    return train_fn, eval_fn
+
+
+def evaluate(setup: RunSetup, eval_fn, state, teacher) -> dict[str, float]:
+    """Student top-1 accuracy on the eval split, and (with a teacher) the teacher's
+    accuracy and the student's top-1 agreement with it."""
+    cfg = setup.config
+    sums = None
+    for batch in data.make_eval_iterator(setup.info, split=cfg.data.eval_split,
+                                         reader=cfg.data.reader,
+                                         global_batch_size=cfg.eval_batch_size,
+                                         sharding=setup.batch_sharding):
+        out = eval_fn(state, teacher, batch)
+        sums = out if sums is None else jax.tree.map(np.add, sums, out)
+    sums = jax.device_get(sums)
+    count = float(sums["count"])
+    result = {"accuracy": float(sums["correct"]) / count}
+    if "agree" in sums:
+        result["teacher_accuracy"] = float(sums["teacher_correct"]) / count
+        result["agreement"] = float(sums["agree"]) / count
+    return result
+
+
+def _mean_metrics(pending: list) -> dict[str, float]:
+    host = jax.device_get(pending)
+    return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def _check_finite(scalars: dict[str, float], step: int) -> None:
+    bad = [k for k, v in scalars.items() if not np.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"non-finite {', '.join(bad)} at step {step}; the last good "
+                                 "checkpoint is kept. Lower the learning rate or check the data")
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Runs (or resumes) one training run in `workdir` and returns its summary."""
+    setup = prepare_run(config)
+    os.makedirs(workdir, exist_ok=True)
+    writer = MetricWriter(workdir)
+    ckpts = checkpoint.RunCheckpoints(workdir, keep=config.keep_checkpoints)
+    teacher = None
+    if setup.teacher_abstract is not None:
+        teacher = checkpoint.load_teacher(config.teacher.checkpoint, setup.teacher_abstract)
+    train_fn, eval_fn = compile_steps(setup)
+
+    latest = ckpts.latest_step()
+    if latest is None:
+        init = jax.jit(setup.init_state, out_shardings=setup.state_shardings)
+        state, position = init(jax.random.PRNGKey(config.seed)), 0
+    else:
+        if latest > config.num_steps:
+            raise ValueError(f"config.num_steps ({config.num_steps}) is below the step of the "
+                             f"newest checkpoint in {workdir} ({latest})")
+        state, position = ckpts.restore(latest, setup.abstract_state)
+        writer.print(f"resumed from step {latest} in {workdir}")
+    start = int(jax.device_get(state.step))
+    batches = data.make_train_iterator(
+        setup.info, split=config.data.train_split, reader=config.data.reader,
+        global_batch_size=config.batch_size, seed=config.seed, sharding=setup.batch_sharding,
+        position=position)
+
+    pending, timer_start, timed_steps, last_eval = [], None, 0, None
+    for step in range(start + 1, config.num_steps + 1):
+        state, metrics = train_fn(state, teacher, next(batches))
+        pending.append(metrics)
+        if timer_start is None:  # exclude compilation from throughput
+            jax.block_until_ready(state.step)
+            timer_start = time.perf_counter()
+        else:
+            timed_steps += 1
+        last = step == config.num_steps
+        save_now = last or (config.checkpoint_every and step % config.checkpoint_every == 0)
+        if last or save_now or (config.log_every and step % config.log_every == 0):
+            scalars = _mean_metrics(pending)
+            _check_finite(scalars, step)
+            scalars["learning_rate"] = float(setup.schedule(step - 1))
+            rate = timed_steps * config.batch_size / max(time.perf_counter() - timer_start, 1e-9)
+            scalars["examples_per_second"] = rate
+            writer.write(step, "train", scalars)
+            eta = (config.num_steps - step) * config.batch_size / max(rate, 1e-9)
+            writer.print(progress_line(step, config.num_steps,
+                                       {k: v for k, v in scalars.items()
+                                        if k != "examples_per_second"}, rate, eta))
+            pending = []
+        eval_now = last or (config.eval_every and step % config.eval_every == 0)
+        if eval_now:
+            last_eval = evaluate(setup, eval_fn, state, teacher)
+            writer.write(step, "eval", last_eval)
+            writer.print(f"eval step {step}: " + " ".join(f"{k} {v:.4f}"
+                                                          for k, v in last_eval.items()))
+        if save_now:
+            ckpts.save(state, batches.position, metrics=last_eval if eval_now else None)
+    jax.block_until_ready(state)
+    elapsed = time.perf_counter() - timer_start if timer_start is not None else 0.0
+    if last_eval is None:  # nothing left to train: report the restored state
+        last_eval = evaluate(setup, eval_fn, state, teacher)
+    ckpts.wait()
+    ckpts.close()
+    writer.close()
+    summary = _summary(setup, workdir, state, last_eval, timed_steps, elapsed)
+    logging.info("run finished in %s", format_duration(elapsed))
+    return summary
+
+
+def _summary(setup: RunSetup, workdir: str, state, result: dict, timed_steps: int,
+             elapsed: float) -> dict:
+    """Writes and returns `<workdir>/summary.json`."""
+    cfg = setup.config
+    path = os.path.join(workdir, SUMMARY)
+    previous = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+    rate = (timed_steps * cfg.batch_size / elapsed if timed_steps and elapsed > 0
+            else previous.get("examples_per_second", 0.0))
+    student_vars = {"params": setup.abstract_state.params["student"],
+                    "batch_stats": setup.abstract_state.batch_stats}
+    params, flops = model_cost(setup.ctx.student_def, student_vars, setup.info.image_shape)
+    summary = {
+        "dataset": cfg.data.name, "student_model": cfg.student.model,
+        "student_accuracy": result["accuracy"], "steps": int(jax.device_get(state.step)),
+        "examples_per_second": rate, "student_params": params,
+        "student_flops_per_example": flops,
+        "student_params_sha256": checkpoint.params_sha256(state.params["student"]),
+    }
+    if setup.teacher_abstract is not None:
+        t_params, t_flops = model_cost(setup.ctx.teacher_def, setup.teacher_abstract,
+                                       setup.info.image_shape)
+        summary.update(teacher_model=cfg.teacher.model, teacher_accuracy=result["teacher_accuracy"],
+                       agreement=result["agreement"], teacher_params=t_params,
+                       teacher_flops_per_example=t_flops)
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary

@@ -1,0 +1,63 @@
+"""The objective: validation of config terms, and the weighted sum against NumPy."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdistill.objective import Views, build_objective
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _views(rng):
+    s = rng.normal(size=(6, 5))
+    t = rng.normal(size=(6, 5))
+    labels = rng.integers(0, 5, size=6)
+    return s, t, labels, Views(jnp.asarray(s, jnp.float32), {}, jnp.asarray(t, jnp.float32), {},
+                               jnp.asarray(labels, jnp.int32))
+
+
+def test_weighted_sum_matches_numpy():
+    s, t, labels, views = _views(np.random.default_rng(0))
+    objective = build_objective({"ce": {"weight": 0.3}, "kd": {"weight": 0.7, "temperature": 2.0}},
+                                has_teacher=True)
+    total, terms = objective(views, jnp.int32(0))
+    ce = np.mean(-np.log(_softmax(s))[np.arange(6), labels])
+    ps, pt = _softmax(s / 2.0), _softmax(t / 2.0)
+    kd = np.mean(4.0 * np.sum(pt * (np.log(pt) - np.log(ps)), -1))
+    np.testing.assert_allclose(terms["ce"], ce, rtol=1e-5)
+    np.testing.assert_allclose(terms["kd"], kd, rtol=1e-5)
+    np.testing.assert_allclose(total, 0.3 * ce + 0.7 * kd, rtol=1e-5)
+
+
+def test_linear_warmup_of_a_weight():
+    s, t, labels, views = _views(np.random.default_rng(1))
+    objective = build_objective({"kd": {"weight": 2.0, "warmup_steps": 4}}, has_teacher=True)
+    totals = [float(objective(views, jnp.int32(step))[0]) for step in (0, 1, 3, 10)]
+    kd = float(objective(views, jnp.int32(0))[1]["kd"])
+    np.testing.assert_allclose(totals, [2.0 * kd * f for f in (0.25, 0.5, 1.0, 1.0)], rtol=1e-6)
+
+
+def test_same_loss_twice_under_two_names():
+    objective = build_objective({"soft": {"loss": "kd", "temperature": 1.0},
+                                 "hard": {"loss": "kd", "temperature": 8.0}}, has_teacher=True)
+    assert [t.name for t in objective.terms] == ["soft", "hard"]
+    assert dict(objective.terms[1].hparams) == {"temperature": 8.0}
+
+
+@pytest.mark.parametrize("terms, has_teacher, message", [
+    ({"kdd": {}}, True, "config.objective.kdd.loss: unknown loss 'kdd'"),
+    ({"kd": {"temperature": 0.0}}, True, "config.objective.kd.temperature must be > 0"),
+    ({"kd": {"temperature": -1.0}}, True, "config.objective.kd.temperature must be > 0"),
+    ({"ce": {"weight": -0.5}}, False, "config.objective.ce.weight must be >= 0"),
+    ({"kd": {"temprature": 2.0}}, True, "unknown field(s) ['temprature']"),
+    ({"kd": {}}, False, "config.objective.kd: loss 'kd' needs a teacher"),
+    ({}, False, "config.objective is empty"),
+])
+def test_bad_terms_name_the_field(terms, has_teacher, message):
+    with pytest.raises(ValueError) as e:
+        build_objective(terms, has_teacher=has_teacher)
+    assert message in str(e.value)
