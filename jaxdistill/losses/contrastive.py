@@ -106,8 +106,9 @@ def crd_update_bank(bank, indices, embeddings, momentum: float = 0.5) -> jax.Arr
     return jax.lax.stop_gradient(bank.at[indices].set(l2_normalize(rows)))
 
 
-def sample_negatives(rng, batch_size: int, num_negatives: int, num_data: int,
-                     pos_indices=None) -> jax.Array:
+def sample_negatives(
+    rng, batch_size: int, num_negatives: int, num_data: int, pos_indices=None
+) -> jax.Array:
     """[B, K] int32 negative indices, uniform over [0, num_data) excluding each row's positive.
 
     The official code draws uniformly (alias sampler, uniform weights) and lets a negative

@@ -119,8 +119,12 @@ def _rkd_angles(e: jax.Array) -> jax.Array:
     return jnp.einsum("ijd,ikd->ijk", n, n)
 
 
-def rkd_loss(student_embeddings, teacher_embeddings, distance_weight: float = 25.0,
-             angle_weight: float = 50.0) -> jax.Array:
+def rkd_loss(
+    student_embeddings,
+    teacher_embeddings,
+    distance_weight: float = 25.0,
+    angle_weight: float = 50.0,
+) -> jax.Array:
     """Relational KD (distance + angle); batch-level, returns a scalar.
 
     Park et al., "Relational Knowledge Distillation", CVPR 2019, following RepDistiller's
@@ -129,8 +133,13 @@ def rkd_loss(student_embeddings, teacher_embeddings, distance_weight: float = 25
     The whole teacher side is under stop_gradient. Embeddings are flattened per example and
     may differ in width; needs B >= 2. Memory is O(B^2 D + B^3).
     """
-    _check_batch("student_embeddings", student_embeddings, "teacher_embeddings",
-                 teacher_embeddings, min_batch=2)
+    _check_batch(
+        "student_embeddings",
+        student_embeddings,
+        "teacher_embeddings",
+        teacher_embeddings,
+        min_batch=2,
+    )
     s = _flatten(student_embeddings)
     t = jax.lax.stop_gradient(_flatten(teacher_embeddings))
     loss_d = _smooth_l1(_rkd_distances(s), _rkd_distances(t))
@@ -152,8 +161,7 @@ def pkt_loss(student_embeddings, teacher_embeddings, eps: float = 1e-7) -> jax.A
     ECCV 2018 (their cosine-kernel code): rows / (||row|| + eps), q = (cos + 1) / 2 normalised
     per row, loss = mean over the B x B entries of q_t log((q_t + eps) / (q_s + eps)).
     """
-    _check_batch("student_embeddings", student_embeddings, "teacher_embeddings",
-                 teacher_embeddings)
+    _check_batch("student_embeddings", student_embeddings, "teacher_embeddings", teacher_embeddings)
     _check_positive("eps", eps)
     q_s = _pkt_probabilities(_flatten(student_embeddings), eps)
     q_t = _pkt_probabilities(_flatten(teacher_embeddings), eps)

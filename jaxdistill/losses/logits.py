@@ -56,8 +56,7 @@ def _check_labels(logits, labels, *, name: str = "logits", min_classes: int = 1)
     shape, lshape = jnp.shape(logits), jnp.shape(labels)
     if len(shape) < 1 or shape[-1] < min_classes:
         raise ValueError(
-            f"{name} need at least {min_classes} classes on the last axis, got "
-            f"{name}.shape={shape}"
+            f"{name} need at least {min_classes} classes on the last axis, got {name}.shape={shape}"
         )
     if lshape != shape[:-1]:
         raise ValueError(
@@ -115,8 +114,9 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0) -> jax.Array:
     i.e. loss = (1 - e) * NLL + e * mean_c(-log p_c).
     """
     _check_labels(logits, labels)
-    _check_interval("label_smoothing", label_smoothing, 0.0, 1.0, closed_low=True,
-                    closed_high=False)
+    _check_interval(
+        "label_smoothing", label_smoothing, 0.0, 1.0, closed_low=True, closed_high=False
+    )
     log_p = jax.nn.log_softmax(_as_float(logits), axis=-1)
     nll = -jnp.take_along_axis(log_p, jnp.asarray(labels)[..., None], axis=-1)[..., 0]
     if _is_static(label_smoothing) and float(label_smoothing) == 0.0:
@@ -124,8 +124,9 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0) -> jax.Array:
     return (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_p, axis=-1)
 
 
-def kd_loss(student_logits, teacher_logits, temperature: float = 4.0,
-            standardize: bool = False) -> jax.Array:
+def kd_loss(
+    student_logits, teacher_logits, temperature: float = 4.0, standardize: bool = False
+) -> jax.Array:
     """Hinton KD: tau^2 * KL(p_t || p_s) with p = softmax(logits / tau), per example.
 
     Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015. With
@@ -178,8 +179,14 @@ def _binary_log_probs(log_p: jax.Array, target_mask: jax.Array) -> jax.Array:
     return jnp.stack([log_target, log_rest], axis=-1)
 
 
-def dkd_loss(student_logits, teacher_logits, labels, alpha: float = 1.0, beta: float = 8.0,
-             temperature: float = 4.0) -> jax.Array:
+def dkd_loss(
+    student_logits,
+    teacher_logits,
+    labels,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+) -> jax.Array:
     """Decoupled KD: alpha * TCKD + beta * NCKD per example (Zhao et al., CVPR 2022).
 
     TCKD = tau^2 KL(b_t || b_s) over the binary (target, rest) probabilities of
@@ -197,6 +204,8 @@ def dkd_loss(student_logits, teacher_logits, labels, alpha: float = 1.0, beta: f
 
     tckd = _kl(_binary_log_probs(log_p_t, target_mask), _binary_log_probs(log_p_s, target_mask))
     # Non-target distributions: renormalise log p with the target class removed.
-    nckd = _kl(jax.nn.log_softmax(jnp.where(target_mask, -jnp.inf, log_p_t), axis=-1),
-               jax.nn.log_softmax(jnp.where(target_mask, -jnp.inf, log_p_s), axis=-1))
+    nckd = _kl(
+        jax.nn.log_softmax(jnp.where(target_mask, -jnp.inf, log_p_t), axis=-1),
+        jax.nn.log_softmax(jnp.where(target_mask, -jnp.inf, log_p_s), axis=-1),
+    )
     return temperature**2 * (alpha * tckd + beta * nckd)
