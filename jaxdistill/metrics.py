@@ -23,7 +23,8 @@ def progress_line(step: int, total: int, scalars: dict[str, float], examples_per
                   eta_seconds: float) -> str:
     """E.g. `step 100/1000 | loss 0.512 ce 0.31 kd 0.20 | lr 0.1 | 4,210 ex/s | ETA 0m21s`."""
     lr = scalars.get("learning_rate")
-    terms = " ".join(f"{k} {v:.4g}" for k, v in scalars.items() if k != "learning_rate")
+    names = sorted((k for k in scalars if k != "learning_rate"), key=lambda k: (k != "loss", k))
+    terms = " ".join(f"{k} {scalars[k]:.4g}" for k in names)
     parts = [f"step {step}/{total}", terms]
     if lr is not None:
         parts.append(f"lr {lr:.3g}")

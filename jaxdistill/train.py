@@ -102,7 +102,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
             timed_steps += 1
         last = step == config.num_steps
         save_now = last or (config.checkpoint_every and step % config.checkpoint_every == 0)
-        if last or save_now or (config.log_every and step % config.log_every == 0):
+        eval_now = last or (config.eval_every and step % config.eval_every == 0)
+        if save_now or eval_now or (config.log_every and step % config.log_every == 0):
             scalars = _mean_metrics(pending)
             _check_finite(scalars, step)
             scalars["learning_rate"] = float(setup.schedule(step - 1))
@@ -114,7 +115,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                        {k: v for k, v in scalars.items()
                                         if k != "examples_per_second"}, rate, eta))
             pending = []
-        eval_now = last or (config.eval_every and step % config.eval_every == 0)
+        paused = time.perf_counter()  # eval and checkpointing do not count as training time
         if eval_now:
             last_eval = evaluate(setup, eval_fn, state, teacher)
             writer.write(step, "eval", last_eval)
@@ -122,7 +123,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                           for k, v in last_eval.items()))
         if save_now:
             ckpts.save(state, batches.position, metrics=last_eval if eval_now else None)
-    jax.block_until_ready(state)
+        timer_start += time.perf_counter() - paused
     elapsed = time.perf_counter() - timer_start if timer_start is not None else 0.0
     if last_eval is None:  # nothing left to train: report the restored state
         last_eval = evaluate(setup, eval_fn, state, teacher)

@@ -1,7 +1,24 @@
-"""Test setup: 8 host CPU devices, set before JAX initialises."""
+"""Test setup: 8 host CPU devices (set before JAX initialises), a private data dir, and
+helpers that load configs from `configs/`."""
+
+import importlib.util
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAXDISTILL_DATA_DIR", tempfile.mkdtemp(prefix="jaxdistill_data_"))
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, arg: str | None = None):
+    """`get_config(arg)` of configs/<name>.py, locked as the CLI locks it."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
+    config.lock()
+    return config

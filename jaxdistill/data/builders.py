@@ -1,13 +1,15 @@
 """Offline TFDS builders: digit datasets that ship inside installed packages, no network.
 
-Both are written in `array_record` (random access, readable without TensorFlow) and keep
-generation order on disk (`disable_shuffling=True`), so example `i` of a split is the i-th
-example of that split in source-file order. Both split the same way: within each class, in
-source-file order, the first examples go to `train` and the last `TEST_PER_CLASS` to `test`.
+Both are written in `array_record` (random access, readable without TensorFlow), images as raw
+uint8 tensors, in generation order (`disable_shuffling=True`): example `i` of a split is the
+i-th example of that split in source-file order. Both split the same way: within each class,
+in source-file order, the first examples go to `train` and the last `TEST_PER_CLASS` to `test`.
+The `tf` reader gets byte-identical tfrecord twins of the shards (`add_tfrecord_copy`).
 """
 
 import gzip
 import importlib.resources
+import os
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -27,7 +29,6 @@ class _OfflineDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared body: subclasses set IMAGE_SIZE, TEST_PER_CLASS and `_load()`."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial offline release."}
     IMAGE_SIZE: int
     TEST_PER_CLASS: int
 
@@ -40,10 +41,12 @@ class _OfflineDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self,
             description=type(self).__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=shape, dtype=np.uint8),
-                "label": tfds.features.ClassLabel(num_classes=10),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=shape, dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(num_classes=10),
+                }
+            ),
             supervised_keys=("image", "label"),
             disable_shuffling=True,
         )
@@ -92,7 +95,7 @@ class Digits(_OfflineDigits):
     TEST_PER_CLASS = 36
 
     def _load(self):
-        from sklearn.datasets import load_digits  # noqa: PLC0415 (heavy import, build time only)
+        from sklearn.datasets import load_digits  # heavy; needed at build time only
 
         digits = load_digits()
         images = np.round(digits.images * 255 / 16).astype(np.uint8)[..., None]
@@ -120,26 +123,32 @@ def build_offline(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     return builder
 
 
-def add_tfrecord_copy(builder: tfds.core.DatasetBuilder) -> None:
-    """Writes a tfrecord copy of an array_record dataset next to it, for `tfds.load`.
-
-    The serialized examples are copied byte for byte, shard for shard, so the tfrecord files
-    hold the same examples in the same order. Each shard is written to a temporary name and
-    renamed; the format is registered in dataset_info.json last. Needs TensorFlow.
-    """
-    import tensorflow as tf  # noqa: PLC0415 (only this path needs TensorFlow)
-    from array_record.python import array_record_module  # noqa: PLC0415
-
+def tfrecord_files(builder: tfds.core.DatasetBuilder) -> list[tuple]:
+    """(shard path, its tfrecord twin's path) for every shard of a prepared dataset."""
     tfrecord = tfds.core.FileFormat.TFRECORD
-    for split in builder.info.splits.values():
-        for path in split.filepaths:
-            target = tfds.core.file_adapters.convert_path_to_file_format(path, tfrecord)
-            tmp = target.with_name(f"{target.name}.tmp{np.random.randint(1 << 30)}")
-            reader = array_record_module.ArrayRecordReader(str(path))
-            with tf.io.TFRecordWriter(str(tmp)) as writer:
-                for record in reader.read_all():
-                    writer.write(record)
-            reader.close()
-            tmp.rename(target)
-    builder.info.add_alternative_file_format(tfrecord)
-    builder.info.write_to_directory(builder.data_dir)
+    return [
+        (path, tfds.core.file_adapters.convert_path_to_file_format(path, tfrecord))
+        for split in builder.info.splits.values()
+        for path in split.filepaths
+    ]
+
+
+def add_tfrecord_copy(builder: tfds.core.DatasetBuilder) -> None:
+    """Writes the missing tfrecord twins of an array_record dataset's shards, for tf.data.
+
+    Serialized examples are copied byte for byte, so a twin holds the same examples in the
+    same order. Each is written under a temporary name, then renamed. Needs TensorFlow.
+    """
+    import tensorflow as tf  # only this path needs TensorFlow
+    from array_record.python import array_record_module
+
+    for path, twin in tfrecord_files(builder):
+        if twin.exists():
+            continue
+        tmp = f"{twin}.tmp{os.getpid()}"
+        reader = array_record_module.ArrayRecordReader(os.fspath(path))
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for record in reader.read_all():
+                writer.write(record)
+        reader.close()
+        os.replace(tmp, twin)

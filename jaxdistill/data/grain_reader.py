@@ -28,6 +28,7 @@ def _data_source(info: DatasetInfo, split: str):
 
 
 def _read(source, info: DatasetInfo, indices: np.ndarray, rows: int, with_mask: bool) -> dict:
+    """Reads examples `indices` into a host batch padded to `rows` rows."""
     examples = source.__getitems__(indices.tolist())
     images = np.array([e["image"] for e in examples], np.uint8).reshape(-1, *info.image_shape)
     labels = [e["label"] for e in examples]
@@ -44,9 +45,9 @@ def train_batches(info, split, global_batch_size, seed, position, process_index,
     num_examples = info.splits[split]
 
     def load(n: int) -> dict:
-        rows = sampling.train_batch_indices(num_examples, global_batch_size, seed, n)
-        rows = sampling.process_rows(rows, process_index, process_count)
-        return _read(source, info, rows, len(rows), with_mask=False)
+        indices = sampling.train_batch_indices(num_examples, global_batch_size, seed, n)
+        indices = sampling.process_rows(indices, process_index, process_count)
+        return _read(source, info, indices, len(indices), with_mask=False)
 
     return _iterate(grain.MapDataset.range(position, sys.maxsize), load)
 
@@ -57,9 +58,10 @@ def eval_batches(info, split, global_batch_size, process_index, process_count):
     num_examples = info.splits[split]
 
     def load(n: int) -> dict:
-        rows = sampling.eval_batch_positions(global_batch_size, n)
-        rows = sampling.process_rows(rows, process_index, process_count)
-        return _read(source, info, rows[rows < num_examples], len(rows), with_mask=True)
+        indices = sampling.eval_batch_positions(global_batch_size, n)
+        indices = sampling.process_rows(indices, process_index, process_count)
+        real = indices[indices < num_examples]
+        return _read(source, info, real, len(indices), with_mask=True)
 
     num_batches = sampling.num_eval_batches(num_examples, global_batch_size)
     return _iterate(grain.MapDataset.range(num_batches), load)

@@ -56,7 +56,7 @@ class EvalBatches:
         return GlobalBatchIterator(local, self._sharding, self._args[2])
 
 
-def _validate(info: DatasetInfo, split, split_field, reader, global_batch_size) -> None:
+def _validate(info: DatasetInfo, split, split_field, reader, global_batch_size, size_field):
     if split not in info.splits:
         raise ValueError(
             f"{split_field}={split!r} is not a split of {info.name}: {sorted(info.splits)}"
@@ -66,7 +66,7 @@ def _validate(info: DatasetInfo, split, split_field, reader, global_batch_size) 
     processes = jax.process_count()
     if global_batch_size <= 0 or global_batch_size % processes:
         raise ValueError(
-            f"config.batch_size={global_batch_size} must be a positive multiple of "
+            f"{size_field}={global_batch_size} must be a positive multiple of "
             f"jax.process_count()={processes}"
         )
 
@@ -82,7 +82,9 @@ def make_train_iterator(
     position: int = 0,
 ) -> GlobalBatchIterator:
     """Endless shuffled global batches, starting at global batch `position`."""
-    _validate(info, split, "config.data.train_split", reader, global_batch_size)
+    _validate(
+        info, split, "config.data.train_split", reader, global_batch_size, "config.batch_size"
+    )
     if global_batch_size > info.splits[split]:
         raise ValueError(
             f"config.batch_size={global_batch_size} exceeds the {info.splits[split]} examples "
@@ -103,6 +105,7 @@ def make_eval_iterator(
     sharding: jax.sharding.NamedSharding,
 ) -> EvalBatches:
     """Every example of `split` once, in order, the last batch padded and masked."""
-    _validate(info, split, "config.data.eval_split", reader, global_batch_size)
+    _validate(
+        info, split, "config.data.eval_split", reader, global_batch_size, "config.eval_batch_size"
+    )
     return EvalBatches(info, split, reader, global_batch_size, sharding)
-

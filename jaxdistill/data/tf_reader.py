@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxdistill.data import sampling
-from jaxdistill.data.builders import OFFLINE_BUILDERS, add_tfrecord_copy
+from jaxdistill.data.builders import OFFLINE_BUILDERS, add_tfrecord_copy, tfrecord_files
 from jaxdistill.data.source import DatasetInfo, tfds_builder
 
 SHUFFLE_BUFFER = 50_000
@@ -26,8 +26,13 @@ _TFRECORD = tfds.core.FileFormat.TFRECORD
 
 @functools.cache
 def _tf():
-    import tensorflow as tf  # noqa: PLC0415
-
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise ValueError(
+            "config.data.reader='tf' needs TensorFlow, which is not importable: install "
+            "tensorflow-cpu (the `tf` extra) or use config.data.reader='grain'"
+        ) from e
     try:
         tf.config.set_visible_devices([], "GPU")  # accelerators belong to JAX
     except RuntimeError:  # TensorFlow was initialised elsewhere already
@@ -35,50 +40,62 @@ def _tf():
     return tf
 
 
+def _numpy(ds):
+    return ds.prefetch(_tf().data.AUTOTUNE).as_numpy_iterator()
+
+
 def _tfrecord_builder(info: DatasetInfo) -> tfds.core.DatasetBuilder:
-    """The builder, after giving an offline dataset its tfrecord copy on first use."""
+    """A builder reading tfrecord; an offline dataset gets its tfrecord copy on first use."""
+    _tf()
     builder = tfds_builder(info.name, info.data_dir)
-    if _TFRECORD in builder.info.available_file_formats():
-        return builder
-    if info.name not in OFFLINE_BUILDERS:
-        raise ValueError(
-            f"config.data.reader='tf': {info.name} in {info.data_dir} has no tfrecord files; "
-            "use config.data.reader='grain' or prepare it with plain `tfds build`"
-        )
-    add_tfrecord_copy(builder)
-    return tfds_builder(info.name, info.data_dir)
+    if not all(twin.exists() for _, twin in tfrecord_files(builder)):
+        if info.name not in OFFLINE_BUILDERS:
+            raise ValueError(
+                f"config.data.reader='tf': {info.name} in {info.data_dir} has no tfrecord "
+                "files; use config.data.reader='grain' or prepare it with plain `tfds build`"
+            )
+        add_tfrecord_copy(builder)
+    # As `as_data_source` does for array_record: point the split file names at the format.
+    # (`ReadConfig(file_format=...)` alone keeps the names of the main format.)
+    builder.info.set_file_format(_TFRECORD, override=True, override_if_initialized=True)
+    return builder
 
 
 def _examples(builder, split: str, start: int):
     """tf.data of (example index, (image, label)) in file order; `split` starts at `start`."""
-    read_config = tfds.ReadConfig(file_format=_TFRECORD)
-    ds = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
+    ds = builder.as_dataset(split=split, shuffle_files=False)
     return ds.map(lambda ex: (ex["image"], ex["label"])).enumerate(start)
 
 
 def train_batches(info, split, global_batch_size, seed, position, process_index, process_count):
     """This process's train batches `position`, `position + 1`, ... (endless)."""
-    tf = _tf()
-    builder = _tfrecord_builder(info)
+    builder = _tfrecord_builder(info)  # errors surface here, not at the first batch
     num_examples = info.splits[split]
     share, rows = num_examples // process_count, global_batch_size // process_count
     start = process_index * share
     per_epoch = sampling.batches_per_epoch(num_examples, global_batch_size)
-    epoch, skip = divmod(position, per_epoch)
-    while True:
-        ds = _examples(builder, f"{split}[{start}:{start + share}]", start)
-        ds = ds.shuffle(min(SHUFFLE_BUFFER, share), seed=sampling.epoch_seed(seed, epoch))
-        ds = ds.batch(rows, drop_remainder=True).take(per_epoch).skip(skip)
-        for index, (image, label) in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-            yield sampling.make_batch(image, label, index, rows)
-        epoch, skip = epoch + 1, 0
+
+    def batches():
+        epoch, skip = divmod(position, per_epoch)
+        while True:
+            ds = _examples(builder, f"{split}[{start}:{start + share}]", start)
+            ds = ds.shuffle(min(SHUFFLE_BUFFER, share), seed=sampling.epoch_seed(seed, epoch))
+            ds = ds.batch(rows, drop_remainder=True).take(per_epoch).skip(skip)
+            for index, (image, label) in _numpy(ds):
+                yield sampling.make_batch(image, label, index, rows)
+            epoch, skip = epoch + 1, 0
+
+    return batches()
 
 
 def eval_batches(info, split, global_batch_size, process_index, process_count):
     """This process's rows of the in-order, padded global eval batches."""
-    tf = _tf()
     ds = _examples(_tfrecord_builder(info), split, 0).batch(global_batch_size)
     mine = sampling.process_rows(np.arange(global_batch_size), process_index, process_count)
-    for index, (image, label) in ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-        sel = mine[mine < len(index)]
-        yield sampling.make_batch(image[sel], label[sel], index[sel], len(mine), with_mask=True)
+
+    def batches():
+        for index, (image, label) in _numpy(ds):
+            sel = mine[mine < len(index)]
+            yield sampling.make_batch(image[sel], label[sel], index[sel], len(mine), with_mask=True)
+
+    return batches()

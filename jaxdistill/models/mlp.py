@@ -7,6 +7,7 @@ Knowledge in a Neural Network" (2015): 784-1200-1200-10 trained with dropout (0.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -41,7 +42,7 @@ class MLP(nnx.Module):
         self.uses_dropout = dropout > 0 or input_dropout > 0
         sizes = (math.prod(self.input_shape), *widths)
         self.hidden = nnx.List([nnx.Linear(i, o, dtype=dtype, rngs=rngs)
-                                for i, o in zip(sizes[:-1], sizes[1:])])
+                                for i, o in itertools.pairwise(sizes)])
         self.input_dropout = nnx.Dropout(input_dropout)
         self.dropout = nnx.Dropout(dropout)
         self.fc = nnx.Linear(widths[-1], num_classes, dtype=dtype, rngs=rngs)

@@ -88,8 +88,8 @@ def build_model(
             dtype=dtype,
             rngs=rngs,
         )
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"{name}: {e}") from e
+    except (TypeError, ValueError) as e:  # name the model in architecture errors
+        raise (TypeError if isinstance(e, TypeError) else ValueError)(f"{name}: {e}") from e
 
 
 def check_call(model: nnx.Module, x: jax.Array, *, needs_rngs: bool, rngs: Any) -> None:

@@ -8,6 +8,7 @@ projection shortcut wherever shape changes), global average pooling and a linear
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ def make_stages(widths: Sequence[int], blocks_per_stage: int,
     """Stages of ``block(in_ch, out_ch, stride)``: stage ``s`` maps to ``widths[s + 1]`` channels
     from ``widths[s]``; the first block of every stage after the first has stride 2."""
     stages = []
-    for s, (in_ch, out_ch) in enumerate(zip(widths[:-1], widths[1:])):
+    for s, (in_ch, out_ch) in enumerate(itertools.pairwise(widths)):
         stages.append(nnx.List([
             block(out_ch if b else in_ch, out_ch, 2 if s and not b else 1)
             for b in range(blocks_per_stage)

@@ -1,0 +1,234 @@
+"""End to end: the CLI on a tiny config, resume, 1 vs 8 devices, teacher lifecycle, and
+every bad input named in the docs, failing before anything is written."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ROOT, load_config
+
+from jaxdistill import checkpoint, data, experiment
+from jaxdistill.setup import prepare_run
+from jaxdistill.train import compile_steps, train_and_evaluate
+
+
+def _cli(*args, devices=8, check=True):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    proc = subprocess.run([sys.executable, "-m", "jaxdistill.main", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _records(workdir, split="train"):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["split"] == split]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The tiny demo through the CLI: teacher, scratch student, distilled student."""
+    workdir = str(tmp_path_factory.mktemp("demo"))
+    proc = _cli("--config=configs/digits_kd.py:tiny", f"--workdir={workdir}")
+    with open(os.path.join(workdir, "summary.json")) as f:
+        return workdir, json.load(f), proc.stdout
+
+
+def _kd_config(teacher_dir, **overrides):
+    """The distillation stage of the tiny demo, from the demo's teacher."""
+    config = load_config("digits_kd", "tiny")
+    config.teacher.checkpoint = os.path.join(teacher_dir, "teacher")
+    config.baseline = False
+    config.log_every = 1
+    for key, value in overrides.items():
+        node = config
+        *path, leaf = key.split(".")
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def test_demo_writes_summary_table_metrics_and_checkpoints(demo):
+    workdir, summary, stdout = demo
+    for key in ("student_accuracy", "teacher_accuracy", "scratch_accuracy", "agreement"):
+        assert 0.0 <= summary[key] <= 1.0
+    assert summary["steps"] == 12
+    assert summary["examples_per_second"] > 0
+    assert len(summary["student_params_sha256"]) == 64
+    assert summary["student_params"] == 64 * 32 + 32 + 32 * 10 + 10
+    assert summary["teacher_params"] == 64 * 64 + 64 + 64 * 10 + 10
+    assert summary["student_flops_per_example"] > 2 * (64 * 32 + 32 * 10)
+    assert "distilled student (mlp)" in stdout and "student from scratch (mlp)" in stdout
+    assert summary["scratch_params_sha256"] != summary["student_params_sha256"]
+    train = _records(workdir)
+    assert {"loss", "ce", "kd", "learning_rate", "examples_per_second"} <= set(train[-1])
+    assert [r["step"] for r in _records(workdir, "eval")] == [6, 12]
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    for stage in ("teacher", "scratch", ""):
+        steps = os.listdir(os.path.join(workdir, stage, "checkpoints"))
+        assert steps and all(s.isdigit() for s in steps)
+
+
+def _mlp_forward(variables, images, mean, std):
+    """Independent NumPy forward pass of a ReLU MLP from its parameter dict."""
+    params = variables["params"]
+    h = ((images - mean) / std).reshape(len(images), -1)
+    layers = [params["hidden"][i] for i in sorted(params["hidden"])] + [params["fc"]]
+    for i, layer in enumerate(layers):
+        h = h @ layer["kernel"] + layer["bias"]
+        if i < len(layers) - 1:
+            h = np.maximum(h, 0)
+    return h
+
+
+def test_reported_accuracies_match_a_numpy_forward_pass(demo):
+    """Accuracy and agreement in summary.json, recomputed from the saved parameters."""
+    workdir, summary, _ = demo
+    config = _kd_config(workdir)
+    setup = prepare_run(config)
+    info = setup.info
+    student_abstract = {"params": setup.abstract_state.params["student"],
+                        "batch_stats": setup.abstract_state.batch_stats}
+    student = jax.device_get(checkpoint.load_teacher(workdir, student_abstract))
+    teacher = jax.device_get(checkpoint.load_teacher(config.teacher.checkpoint,
+                                                     setup.teacher_abstract))
+    images, labels, masks = [], [], []
+    for batch in data.make_eval_iterator(info, split="test", reader="grain", global_batch_size=120,
+                                         sharding=setup.batch_sharding):
+        images.append(np.asarray(batch["image"]))
+        labels.append(np.asarray(batch["label"]))
+        masks.append(np.asarray(batch["mask"]))
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    keep = np.concatenate(masks) > 0
+    s = _mlp_forward(nnx_pure(student), images, 0.0, 1.0).argmax(-1)[keep]
+    t = _mlp_forward(nnx_pure(teacher), images, 0.0, 1.0).argmax(-1)[keep]
+    assert keep.sum() == info.splits["test"]
+    assert summary["student_accuracy"] == pytest.approx(np.mean(s == labels[keep]), abs=1e-9)
+    assert summary["teacher_accuracy"] == pytest.approx(np.mean(t == labels[keep]), abs=1e-9)
+    assert summary["agreement"] == pytest.approx(np.mean(s == t), abs=1e-9)
+
+
+def nnx_pure(state):
+    from flax import nnx
+    return jax.tree.map(np.asarray, {k: nnx.to_pure_dict(v) for k, v in state.items()})
+
+
+def test_resume_lands_on_the_same_parameters(demo, tmp_path, capsys):
+    """3 steps, stop, rerun to 6 == 6 uninterrupted steps (data order, rng, optimizer)."""
+    kw = {"optimizer.schedule": "constant", "checkpoint_every": 3, "eval_every": 3,
+          "data.augment": "jitter"}
+    straight = train_and_evaluate(_kd_config(demo[0], num_steps=6, **kw), str(tmp_path / "a"))
+    train_and_evaluate(_kd_config(demo[0], num_steps=3, **kw), str(tmp_path / "b"))
+    resumed = train_and_evaluate(_kd_config(demo[0], num_steps=6, **kw), str(tmp_path / "b"))
+    assert "resumed from step 3" in capsys.readouterr().out
+    assert resumed["student_params_sha256"] == straight["student_params_sha256"]
+    a, b = _records(tmp_path / "a"), _records(tmp_path / "b")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    # a finished run restores and reports without training
+    again = train_and_evaluate(_kd_config(demo[0], num_steps=6, **kw), str(tmp_path / "b"))
+    assert again["student_params_sha256"] == straight["student_params_sha256"]
+    assert again["student_accuracy"] == straight["student_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def one_device(demo, tmp_path_factory):
+    """The distillation stage on a single device, through the CLI."""
+    workdir = str(tmp_path_factory.mktemp("one_device"))
+    _cli("--config=configs/digits_kd.py:tiny", f"--workdir={workdir}", "--config.baseline=False",
+         f"--config.teacher.checkpoint={os.path.join(demo[0], 'teacher')}",
+         "--config.log_every=1", "--config.data.augment=jitter", devices=1)
+    with open(os.path.join(workdir, "summary.json")) as f:
+        return _records(workdir), json.load(f)
+
+
+@pytest.mark.parametrize("mesh, student_rule, teacher_rule", [
+    ((-1, 1), "replicated", "replicated"),
+    ((4, 2), "fsdp", "tensor"),
+    ((2, 4), "tensor", "fsdp"),
+])
+def test_eight_devices_equal_one(demo, one_device, tmp_path, mesh, student_rule, teacher_rule):
+    config = _kd_config(demo[0], **{"mesh.shape": mesh, "mesh.student_rule": student_rule,
+                                    "mesh.teacher_rule": teacher_rule, "data.augment": "jitter"})
+    summary = train_and_evaluate(config, str(tmp_path))
+    records, reference = one_device
+    ours = _records(tmp_path)
+    for key in ("loss", "ce", "kd", "accuracy", "agreement"):
+        np.testing.assert_allclose([r[key] for r in ours], [r[key] for r in records],
+                                   rtol=2e-5, atol=1e-6, err_msg=key)
+    for key in ("student_accuracy", "teacher_accuracy", "agreement"):
+        assert summary[key] == pytest.approx(reference[key], abs=1e-9)
+
+
+def test_step_traces_once_and_leaves_the_teacher_alone(demo):
+    setup = prepare_run(_kd_config(demo[0]))
+    train_fn, _ = compile_steps(setup)
+    teacher = checkpoint.load_teacher(setup.config.teacher.checkpoint, setup.teacher_abstract)
+    before = jax.tree.map(np.array, teacher)
+    state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(jax.random.PRNGKey(0))
+    batches = data.make_train_iterator(setup.info, split="train", reader="grain",
+                                       global_batch_size=64, seed=0,
+                                       sharding=setup.batch_sharding)
+    for _ in range(3):
+        state, _ = train_fn(state, teacher, next(batches))
+    assert train_fn._cache_size() == 1
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, teacher), before)
+    assert int(state.step) == 3
+
+
+def test_bfloat16_teacher(demo, tmp_path):
+    summary = train_and_evaluate(_kd_config(demo[0], **{"teacher.dtype": "bfloat16"}),
+                                 str(tmp_path))
+    config = _kd_config(demo[0], **{"teacher.dtype": "bfloat16"})
+    setup = prepare_run(config)
+    leaves = jax.tree.leaves(setup.teacher_abstract)
+    assert {x.dtype for x in leaves} == {jnp.dtype(jnp.bfloat16)}
+    assert abs(summary["teacher_accuracy"] - json.load(
+        open(os.path.join(demo[0], "teacher", "summary.json")))["student_accuracy"]) < 0.05
+
+
+BAD_INPUTS = [
+    ({"student.model": "resnet9000"}, "config.student.model: unknown model 'resnet9000'"),
+    ({"teacher.model": "mlpp"}, "config.teacher.model: unknown model 'mlpp'"),
+    ({"objective.kd": {"loss": "kdd"}}, "config.objective.kd.loss: unknown loss 'kdd'"),
+    ({"data.name": "no_such_dataset"}, "config.data.name='no_such_dataset'"),
+    ({"data.name": "mnist"}, "config.data.name='mnist': dataset is not prepared"),
+    ({"objective.kd.temperature": 0.0}, "config.objective.kd.temperature must be > 0"),
+    ({"objective.kd.weight": -1.0}, "config.objective.kd.weight must be >= 0"),
+    ({"teacher.num_classes": 5}, "config.teacher.num_classes is 5 but the dataset has 10"),
+    ({"teacher.checkpoint": "/nonexistent/teacher"}, "config.teacher.checkpoint: no checkpoint"),
+    ({"teacher.kwargs.widths": (48,)}, "does not fit config.teacher.model: parameter"),
+    ({"batch_size": 60}, "config.batch_size (60) must be a positive multiple"),
+    ({"data.augment": "mixup"}, "config.data.augment 'mixup' is unknown"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_INPUTS)
+def test_bad_input_fails_early_and_names_the_field(demo, tmp_path, overrides, message):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "keep.txt").write_text("precious")
+    config = _kd_config(demo[0], **overrides)
+    with pytest.raises(ValueError) as e:
+        experiment.run(config, str(workdir))
+    assert message in str(e.value)
+    assert os.listdir(workdir) == ["keep.txt"] and (workdir / "keep.txt").read_text() == "precious"
+
+
+def test_cli_bad_input_is_one_line_and_nonzero(demo, tmp_path):
+    proc = _cli("--config=configs/digits_kd.py:tiny", f"--workdir={tmp_path}/w",
+                "--config.student.model=resnet9000", check=False)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("jaxdistill: error: config.student.model: unknown model 'resnet9000'")
+    assert not os.path.exists(tmp_path / "w")
+    proc = _cli("--config=configs/digits_kd.py:tiny", f"--workdir={tmp_path}/w",
+                "--config.objective.kd.temprature=2", check=False)
+    assert proc.returncode != 0 and "temprature" in proc.stderr
+    assert not os.path.exists(tmp_path / "w")
