@@ -87,7 +87,7 @@ def train_step(ctx: StepContext, state: TrainState, teacher, batch):
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": total, **terms,
                "accuracy": jnp.mean(jnp.argmax(s_logits, -1) == batch["label"]),
-               "grad_norm": optax.global_norm(grads)}
+               "grad_norm": optax.tree.norm(grads)}
     if t_logits is not None:
         metrics["agreement"] = jnp.mean(_agreement(s_logits, t_logits))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
