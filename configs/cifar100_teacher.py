@@ -1,10 +1,10 @@
-"""CIFAR-100 resnet32x4 teacher, trained with the recipe of configs/cifar100_kd.py.
+"""CIFAR-100 resnet32x4 teacher, trained with the recipe of configs/cifar100_methods.py.
 
   python -m jaxdistill.main --config=configs/cifar100_teacher.py --workdir=$WORK/c100_teacher \
       --config.data.data_dir=$TFDS_DIR
 """
 
-from jaxdistill.defaults import cifar100_recipe
+from jaxdistill.recipes import cifar100_recipe
 
 
 def get_config(arg=None):

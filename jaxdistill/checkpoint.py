@@ -2,7 +2,7 @@
 
 A run's checkpoints live in `<workdir>/checkpoints/<step>/` with three items:
 `model` ({'params', 'batch_stats'} of the student: what a later run loads as its
-teacher), `train` (aux params, optimizer state, step, rng) and `data` (the iterator
+teacher), `train` (aux params and state, optimizer state, step, rng) and `data` (the iterator
 position, JSON). Saving is asynchronous; every process takes part (Orbax coordinates).
 Kept: the newest `keep` checkpoints plus the best by eval accuracy.
 """
@@ -61,8 +61,8 @@ class RunCheckpoints:
         """Starts an asynchronous save of `state` at its step; `metrics` ranks it for 'best'."""
         step = int(jax.device_get(state.step))
         model = {"params": state.params["student"], "batch_stats": state.batch_stats}
-        train = {"aux": state.params["aux"], "opt_state": state.opt_state, "step": state.step,
-                 "rng": state.rng}
+        train = {"aux": state.params["aux"], "aux_state": state.aux_state,
+                 "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
         self.manager.save(step, metrics=metrics, force=True, args=ocp.args.Composite(
             model=ocp.args.StandardSave(model), train=ocp.args.StandardSave(train),
             data=ocp.args.JsonSave({"position": int(position)})))
@@ -71,14 +71,16 @@ class RunCheckpoints:
         """Restores the state at `step` straight into the shardings of `abstract_state`."""
         a = abstract_state
         model = {"params": a.params["student"], "batch_stats": a.batch_stats}
-        train = {"aux": a.params["aux"], "opt_state": a.opt_state, "step": a.step, "rng": a.rng}
+        train = {"aux": a.params["aux"], "aux_state": a.aux_state, "opt_state": a.opt_state,
+                 "step": a.step, "rng": a.rng}
         r = self.manager.restore(step, args=ocp.args.Composite(
             model=ocp.args.StandardRestore(_abstract(model)),
             train=ocp.args.StandardRestore(_abstract(train)), data=ocp.args.JsonRestore()))
         state = TrainState(step=r["train"]["step"],
                            params={"student": r["model"]["params"], "aux": r["train"]["aux"]},
                            batch_stats=r["model"]["batch_stats"],
-                           opt_state=r["train"]["opt_state"], rng=r["train"]["rng"])
+                           opt_state=r["train"]["opt_state"], rng=r["train"]["rng"],
+                           aux_state=r["train"]["aux_state"])
         return state, int(r["data"]["position"])
 
     def wait(self) -> None:

@@ -1,5 +1,4 @@
-"""The base run config that every file in `configs/` starts from (one comment a field),
-and recipes shared by several configs."""
+"""The base run config that every file in `configs/` starts from (one comment a field)."""
 
 from __future__ import annotations
 
@@ -67,25 +66,3 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.teacher_rule = "replicated"  # same choices, set separately for the teacher
     return c
 
-
-CIFAR_TRAIN_EXAMPLES = 50_000
-
-
-def cifar100_recipe(batch_size: int = 64, epochs: int = 240):
-    """The shared CIFAR-100 data and optimizer recipe (teacher and student runs)."""
-    c = base_config()
-    c.data.name = "cifar100"
-    c.data.augment = "crop_flip"
-    c.data.augment_pixels = 4
-    c.data.mean = (0.5071, 0.4865, 0.4409)
-    c.data.std = (0.2673, 0.2564, 0.2762)
-    c.batch_size = batch_size
-    c.eval_batch_size = 500
-    c.num_steps = epochs * CIFAR_TRAIN_EXAMPLES // batch_size
-    c.optimizer.learning_rate = 0.05
-    c.optimizer.schedule = "step"
-    c.optimizer.decay_fractions = (150 / 240, 180 / 240, 210 / 240)
-    c.optimizer.weight_decay = 5e-4
-    c.log_every = 200
-    c.eval_every = c.checkpoint_every = CIFAR_TRAIN_EXAMPLES // batch_size * 10
-    return c

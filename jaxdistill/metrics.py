@@ -28,7 +28,8 @@ def progress_line(step: int, total: int, scalars: dict[str, float], examples_per
     parts = [f"step {step}/{total}", terms]
     if lr is not None:
         parts.append(f"lr {lr:.3g}")
-    parts += [f"{examples_per_second:,.0f} ex/s", f"ETA {format_duration(eta_seconds)}"]
+    eta = format_duration(eta_seconds) if examples_per_second > 0 else "-"
+    parts += [f"{examples_per_second:,.0f} ex/s", f"ETA {eta}"]
     return " | ".join(parts)
 
 

@@ -1,62 +1,32 @@
 """The training objective: a weighted sum of loss terms named in the config.
 
-Each term is one function of the step's `Views` (student and teacher outputs, labels)
-and its hyper-parameters; adding a method is one function and one line in `TERMS`.
 Config form (one entry per term; `loss` defaults to the entry's name, so the same loss
-can appear twice under different names)::
+can appear twice under different names, e.g. attention transfer on two stages)::
 
     config.objective = dict(ce=dict(weight=0.1),
-                            kd=dict(weight=0.9, temperature=4.0, warmup_steps=0))
+                            kd=dict(weight=0.9, temperature=4.0, warmup_steps=0),
+                            at=dict(weight=1000.0, student_feature="stage3",
+                                    teacher_feature="stage3"))
 
 Per-example terms are averaged over the batch; batch-level terms are used as they are.
+The terms themselves live in `jaxdistill.terms`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
-from jaxdistill import losses
-
-
-class Views(NamedTuple):
-    """What a loss term sees in one step."""
-
-    student_logits: jax.Array
-    student_features: Mapping[str, jax.Array]
-    teacher_logits: jax.Array | None
-    teacher_features: Mapping[str, jax.Array] | None
-    labels: jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class TermSpec:
-    """A registered loss: `fn(views, **hparams)` -> per-example `[B]` or scalar."""
-
-    fn: Callable[..., jax.Array]
-    needs_teacher: bool = True
-
-
-def _ce(v: Views, label_smoothing: float = 0.0) -> jax.Array:
-    return losses.cross_entropy(v.student_logits, v.labels, label_smoothing=label_smoothing)
-
-
-def _kd(v: Views, temperature: float = 4.0, standardize: bool = False) -> jax.Array:
-    return losses.kd_loss(v.student_logits, v.teacher_logits, temperature=temperature,
-                          standardize=standardize)
-
-
-TERMS: dict[str, TermSpec] = {
-    "ce": TermSpec(_ce, needs_teacher=False),
-    "kd": TermSpec(_kd),
-}
+from jaxdistill.terms import TERMS, AuxIO, TermOutput, TermSpec, Views
 
 _COMMON = ("loss", "weight", "warmup_steps")
+FEATURE_FIELDS = ("student_feature", "teacher_feature")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +36,8 @@ class Term:
     weight: float
     warmup_steps: int
     hparams: tuple[tuple[str, Any], ...]
+    aux_def: Any = None   # graphdef of the term's aux module, set by `Objective.bind`
+    num_data: int = 0     # examples in the training split, set by `Objective.bind`
 
     def weight_at(self, step: jax.Array) -> jax.Array:
         """Constant weight, or a linear ramp from 0 over `warmup_steps`."""
@@ -73,6 +45,9 @@ class Term:
             return jnp.float32(self.weight)
         ramp = jnp.minimum(1.0, (step.astype(jnp.float32) + 1.0) / self.warmup_steps)
         return self.weight * ramp
+
+    def make_aux(self, views: Views, rngs: nnx.Rngs):
+        return self.spec.make_aux(views, rngs, self.num_data, **dict(self.hparams))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,15 +58,79 @@ class Objective:
     def needs_teacher(self) -> bool:
         return any(t.spec.needs_teacher for t in self.terms)
 
-    def __call__(self, views: Views, step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Returns the weighted total and each term's (unweighted, batch-reduced) value."""
-        values = {}
-        total = jnp.float32(0.0)
+    @property
+    def aux_terms(self) -> tuple[Term, ...]:
+        return tuple(t for t in self.terms if t.spec.make_aux is not None)
+
+    def check_features(self, student: Mapping, teacher: Mapping | None) -> None:
+        """Raises ValueError if a term names a feature its model does not return."""
         for term in self.terms:
-            value = jnp.mean(term.spec.fn(views, **dict(term.hparams)).astype(jnp.float32))
+            for field, value in term.hparams:
+                if field not in FEATURE_FIELDS:
+                    continue
+                side, available = ("student", student) if field == FEATURE_FIELDS[0] else (
+                    "teacher", teacher or {})
+                if value not in available:
+                    raise ValueError(f"config.objective.{term.name}.{field}: the {side} model has "
+                                     f"no feature '{value}'; it has {sorted(available)}")
+
+    def bind(self, views: Views, num_data: int) -> Objective:
+        """Fixes the aux modules' structure from abstract `views` (shapes only)."""
+        terms = []
+        for term in self.terms:
+            if term.spec.make_aux is not None:
+                term = dataclasses.replace(term, num_data=num_data)
+                try:
+                    module = nnx.eval_shape(lambda t=term: t.make_aux(views, nnx.Rngs(0))[0])
+                except ValueError as e:
+                    raise ValueError(f"config.objective.{term.name}: {e}") from None
+                if module is not None:
+                    term = dataclasses.replace(term, aux_def=nnx.split(module)[0])
+            terms.append(term)
+        return Objective(tuple(terms))
+
+    def init_aux(self, views: Views, rng: jax.Array) -> tuple[dict, dict]:
+        """Initial aux params {term: nnx.State} and running state {term: pytree}."""
+        params, state = {}, {}
+        for i, term in enumerate(self.aux_terms):
+            module, running = term.make_aux(views, nnx.Rngs(params=jax.random.fold_in(rng, i)))
+            if module is not None:
+                params[term.name] = nnx.split(module)[1]
+            if running is not None:
+                state[term.name] = running
+        return params, state
+
+    def __call__(self, views: Views, step: jax.Array, aux_params: Mapping | None = None,
+                 aux_state: Mapping | None = None, rng: jax.Array | None = None):
+        """Returns (weighted total, {term: batch-reduced value, ...}, new aux state)."""
+        values, new_state = {}, dict(aux_state or {})
+        total = jnp.float32(0.0)
+        for i, term in enumerate(self.terms):
+            kwargs = dict(term.hparams)
+            if term.spec.make_aux is not None:
+                module = (nnx.merge(term.aux_def, aux_params[term.name])
+                          if term.aux_def is not None else None)
+                kwargs["aux"] = AuxIO(module, new_state.get(term.name),
+                                      jax.random.fold_in(rng, i), term.num_data)
+            try:
+                out = term.spec.fn(views, **kwargs)
+            except ValueError as e:
+                raise ValueError(f"config.objective.{term.name}: {e}") from None
+            out = out if isinstance(out, TermOutput) else TermOutput(out)
+            value = jnp.mean(out.value.astype(jnp.float32))
             values[term.name] = value
-            total = total + term.weight_at(step) * value
-        return total, values
+            values.update({f"{term.name}_{k}": m for k, m in out.metrics.items()})
+            total = total + term.weight_at(step) * value + out.extra_loss
+            if out.state is not None:
+                new_state[term.name] = out.state
+        return total, values, new_state
+
+
+def _fn_fields(spec: TermSpec) -> tuple[set[str], set[str]]:
+    """(all hyper-parameters, required ones) of a term function."""
+    params = [p for p in inspect.signature(spec.fn).parameters.values()
+              if p.name not in ("v", "aux")]
+    return {p.name for p in params}, {p.name for p in params if p.default is p.empty}
 
 
 def build_objective(objective_cfg: Mapping[str, Mapping[str, Any]], *,
@@ -117,13 +156,17 @@ def build_objective(objective_cfg: Mapping[str, Mapping[str, Any]], *,
         warmup = int(raw.get("warmup_steps", 0))
         if warmup < 0:
             raise ValueError(f"{where}.warmup_steps must be >= 0, got {warmup}")
-        allowed = {p for p in inspect.signature(spec.fn).parameters if p != "v"}
+        allowed, required = _fn_fields(spec)
         hparams = {k: v for k, v in raw.items() if k not in _COMMON}
         unknown = sorted(set(hparams) - allowed)
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {unknown} for loss '{loss}'; "
                              f"it takes {sorted(allowed | set(_COMMON))}")
+        missing = sorted(required - set(hparams))
+        if missing:
+            raise ValueError(f"{where}: loss '{loss}' needs field(s) {missing}")
         if "temperature" in hparams and not float(hparams["temperature"]) > 0:
             raise ValueError(f"{where}.temperature must be > 0, got {hparams['temperature']}")
+        hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}
         terms.append(Term(name, spec, weight, warmup, tuple(sorted(hparams.items()))))
     return Objective(tuple(terms))

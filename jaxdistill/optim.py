@@ -35,8 +35,11 @@ def _is_matrix(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(opt, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optax transformation for the trainable params, and its schedule."""
+def make_optimizer(opt, num_steps: int, own: dict[str, float] | None = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optax transformation for the trainable params {'student', 'aux': {term: ...}},
+    and its schedule. Aux terms named in `own` (term -> learning rate) get their own
+    `adam(lr, b1=0.5)` (the GAN convention for discriminators) instead of the main one."""
     if opt.name not in OPTIMIZERS:
         raise ValueError(f"config.optimizer.name '{opt.name}' is unknown; choose one of {OPTIMIZERS}")
     if opt.weight_decay < 0:
@@ -52,4 +55,13 @@ def make_optimizer(opt, num_steps: int) -> tuple[optax.GradientTransformation, o
     else:
         parts.append(optax.adamw(schedule, b1=opt.momentum, weight_decay=opt.weight_decay,
                                  mask=_is_matrix))
-    return optax.chain(*parts), schedule
+    main = optax.chain(*parts)
+    if not own:
+        return main, schedule
+
+    def labels(params):
+        aux = {k: jax.tree.map(lambda _, k=k: k if k in own else "main", v)
+               for k, v in params["aux"].items()}
+        return {"student": jax.tree.map(lambda _: "main", params["student"]), "aux": aux}
+    transforms = {"main": main, **{k: optax.adam(lr, b1=0.5) for k, lr in own.items()}}
+    return optax.multi_transform(transforms, labels), schedule

@@ -24,7 +24,8 @@ from jaxdistill import augment, checkpoint, data, parallel
 from jaxdistill.models import build_model
 from jaxdistill.objective import Objective, build_objective
 from jaxdistill.optim import make_optimizer
-from jaxdistill.step import StepContext, TrainState, train_step
+from jaxdistill.step import StepContext, TrainState, forward, train_step
+from jaxdistill.terms import Views
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -83,6 +84,7 @@ def _with_shardings(tree, shardings):
 def _state_shardings(abstract: TrainState, mesh: Mesh, rule: str) -> TrainState:
     rep = parallel.replicated(mesh)
     return TrainState(step=rep, rng=rep,
+                      aux_state=parallel.tree_shardings(abstract.aux_state, mesh, rule),
                       params=parallel.tree_shardings(abstract.params, mesh, rule),
                       batch_stats=parallel.tree_shardings(abstract.batch_stats, mesh, rule),
                       opt_state=parallel.tree_shardings(abstract.opt_state, mesh, rule))
@@ -117,8 +119,9 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True) -> RunSetup
     classes = _num_classes(config.student, "config.student", info.num_classes)
     make_student = model_factory(config.student, "config.student", classes, info.image_shape,
                                  _dtype(config.student.dtype, "config.student.dtype"))
-    student_def, _, _ = nnx.split(nnx.eval_shape(lambda: make_student(nnx.Rngs(0))),
-                                  nnx.Param, nnx.BatchStat)
+    student_def, s_params, s_stats = nnx.split(
+        nnx.eval_shape(lambda: make_student(nnx.Rngs(0))), nnx.Param, nnx.BatchStat)
+    s_vars = {"params": s_params, "batch_stats": s_stats}
 
     teacher_def = teacher_abstract = None
     if has_teacher:
@@ -138,15 +141,23 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True) -> RunSetup
             raise ValueError("config.teacher.checkpoint is empty; point it at a teacher run's "
                              "workdir (train one with a config whose teacher.model is '')")
 
-    tx, schedule = make_optimizer(config.optimizer, config.num_steps)
+    views = _abstract_views(student_def, teacher_def, s_vars, teacher_abstract, info,
+                            config.batch_size)
+    objective.check_features(views.student_features, views.teacher_features)
+    objective = objective.bind(views, num_data=info.splits[config.data.train_split])
+    own = {t.name: float(dict(t.hparams).get("learning_rate", 1e-4))
+           for t in objective.aux_terms if t.spec.own_optimizer}
+    tx, schedule = make_optimizer(config.optimizer, config.num_steps, own)
 
     def init_state(rng):
         _, params, stats = nnx.split(make_student(nnx.Rngs(params=rng)), nnx.Param,
                                      nnx.BatchStat)
-        trainable = {"student": params, "aux": {}}
+        aux_params, aux_state = objective.init_aux(views, jax.random.fold_in(rng, 2))
+        trainable = {"student": params, "aux": aux_params}
         return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, batch_stats=stats,
                           opt_state=tx.init(trainable),
-                          rng=jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
+                          rng=jax.random.fold_in(jax.random.PRNGKey(config.seed), 1),
+                          aux_state=aux_state)
 
     abstract = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
     shardings = _state_shardings(abstract, mesh, config.mesh.student_rule)
@@ -157,6 +168,20 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True) -> RunSetup
     jax.eval_shape(functools.partial(train_step, ctx), setup.abstract_state, teacher_abstract,
                    abstract_batch(info, config.batch_size))
     return setup
+
+
+def _abstract_views(student_def, teacher_def, student_vars, teacher_vars, info, batch_size):
+    """Shapes of everything a loss term sees, from abstract forward passes."""
+    batch = abstract_batch(info, batch_size)
+
+    def outputs(graphdef, variables):
+        return jax.eval_shape(lambda v, x: forward(graphdef, v["params"], v["batch_stats"], x,
+                                                   train=False)[:2], variables, batch["image"])
+    s_logits, s_features = outputs(student_def, student_vars)
+    t_logits = t_features = None
+    if teacher_def is not None:
+        t_logits, t_features = outputs(teacher_def, teacher_vars)
+    return Views(s_logits, s_features, t_logits, t_features, batch["label"], batch["index"])
 
 
 def abstract_batch(info: data.DatasetInfo, batch_size: int) -> dict:

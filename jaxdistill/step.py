@@ -18,14 +18,17 @@ import optax
 from flax import nnx, struct
 
 from jaxdistill import augment
-from jaxdistill.objective import Objective, Views
+from jaxdistill.objective import Objective
+from jaxdistill.terms import Views
 
 
 class TrainState(struct.PyTreeNode):
     """Everything a run carries from step to step (and checkpoints).
 
-    params: trainable pytree {'student': nnx.State, 'aux': dict} (aux: adapters,
-    discriminators of the objective); batch_stats: the student's BatchNorm statistics.
+    params: trainable pytree {'student': nnx.State, 'aux': {term: nnx.State}} (adapters,
+    embedding heads, discriminators of the objective); batch_stats: the student's
+    BatchNorm statistics; aux_state: the objective's running state {term: pytree} (e.g.
+    CRD's memory banks).
     """
 
     step: jax.Array
@@ -33,6 +36,7 @@ class TrainState(struct.PyTreeNode):
     batch_stats: Any
     opt_state: Any
     rng: jax.Array
+    aux_state: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +52,7 @@ class StepContext:
 
 def forward(graphdef, params, batch_stats, images, *, train: bool, rngs=None):
     """Runs a model from its split state; returns (logits, features, new batch stats)."""
-    model = nnx.merge(graphdef, params, batch_stats)
+    model = nnx.merge(graphdef, params, batch_stats, copy=True)  # fresh Variables in this trace
     logits, features = model(images, train=train, rngs=rngs)
     return logits, features, nnx.state(model, nnx.BatchStat)
 
@@ -69,7 +73,7 @@ def _agreement(student_logits, teacher_logits):
 def train_step(ctx: StepContext, state: TrainState, teacher, batch):
     """One update of the student (and aux params) on `batch`; returns (state, metrics)."""
     rng = jax.random.fold_in(state.rng, state.step)
-    aug_rng, dropout_rng = jax.random.split(rng)
+    aug_rng, dropout_rng, term_rng = jax.random.split(rng, 3)
     images = augment.apply(ctx.augment, batch["image"], aug_rng, train=True)
     t_logits, t_features = teacher_outputs(ctx, teacher, images)
 
@@ -77,12 +81,13 @@ def train_step(ctx: StepContext, state: TrainState, teacher, batch):
         s_logits, s_features, new_stats = forward(
             ctx.student_def, params["student"], state.batch_stats, images, train=True,
             rngs=nnx.Rngs(dropout=dropout_rng))
-        views = Views(s_logits, s_features, t_logits, t_features, batch["label"])
-        total, terms = ctx.objective(views, state.step)
-        return total, (terms, new_stats, s_logits)
+        views = Views(s_logits, s_features, t_logits, t_features, batch["label"], batch["index"])
+        total, terms, aux_state = ctx.objective(views, state.step, params["aux"], state.aux_state,
+                                                term_rng)
+        return total, (terms, new_stats, aux_state, s_logits)
 
-    (total, (terms, new_stats, s_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (total, (terms, new_stats, aux_state, s_logits)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
     updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": total, **terms,
@@ -91,7 +96,7 @@ def train_step(ctx: StepContext, state: TrainState, teacher, batch):
     if t_logits is not None:
         metrics["agreement"] = jnp.mean(_agreement(s_logits, t_logits))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
-                              opt_state=opt_state)
+                              opt_state=opt_state, aux_state=aux_state)
     return new_state, metrics
 
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The throughput table on one GPU, in bfloat16, for the resnet (resnet32x4 -> resnet8x4) and vit
+# (vit_small -> vit_tiny) pairs at batch sizes that fill the chip. Finishes in under 8 minutes;
+# installs nothing (the environment must already have jaxdistill and a CUDA jax).
+#
+#   benchmarks/gpu.sh OUTDIR
+#
+# Writes OUTDIR/throughput.json (rewritten after each pair and batch size, so a run cut short
+# keeps what it measured), OUTDIR/throughput.log (progress and table), OUTDIR/env.txt (versions,
+# device), and prints the table last. Environment overrides: PYTHON, PAIRS, BATCH_SIZES, DTYPE, STEPS,
+# REPEATS, WARMUP, PEAK_SIZE, LIMIT_S (the benchmark's time limit, default 450 s).
+set -uo pipefail
+
+OUT=${1:?usage: benchmarks/gpu.sh OUTDIR}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+PY=${PYTHON:-python}
+if [[ -z "${PYTHON:-}" && -x .venv/bin/python ]]; then PY=.venv/bin/python; fi
+
+{
+  date -u +%FT%TZ
+  git rev-parse HEAD 2>/dev/null || true
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || true
+  "$PY" -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__); print(jax.devices())'
+} >"$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+rm -f "$OUT/throughput.json"
+timeout --signal=TERM --kill-after=15 "${LIMIT_S:-450}" "$PY" -m benchmarks.throughput \
+  --pairs="${PAIRS:-resnet,vit}" --batch_sizes="${BATCH_SIZES:-256,1024}" \
+  --dtype="${DTYPE:-bfloat16}" --warmup="${WARMUP:-5}" --steps="${STEPS:-20}" \
+  --repeats="${REPEATS:-7}" --peak_size="${PEAK_SIZE:-0}" --out="$OUT" \
+  2>&1 | tee "$OUT/throughput.log"
+rc=${PIPESTATUS[0]}
+
+if [[ $rc -ne 0 ]]; then
+  echo "benchmark exited with status $rc (124: over LIMIT_S); the table of what it measured:"
+  if [[ -s "$OUT/throughput.json" ]]; then
+    "$PY" -m benchmarks.throughput --table_from="$OUT/throughput.json" 2>/dev/null
+  else
+    echo "(nothing was measured; see $OUT/throughput.log)"
+  fi
+fi
+exit "$rc"

@@ -1,0 +1,510 @@
+r"""Throughput of the jaxdistill step: student alone, teacher forward, online KD, KD + features.
+
+Every mode is built from the real package: a config (`benchmarks/pairs.py`) goes through
+`jaxdistill.setup.prepare_run`, the train step is `jaxdistill.train.compile_steps`, the teacher
+forward is `jaxdistill.step.teacher_outputs`. Teacher variables are random (no checkpoint is
+needed to time a step), created by the teacher's model factory straight into their shardings;
+batches are synthetic and placed with the run's batch sharding.
+
+Modes (`--modes`):
+  student          the student's supervised train step (objective: ce only, no teacher)
+  teacher_forward  the frozen teacher's forward pass alone (eval mode), jitted
+  kd_online        the jaxdistill train step with ce + kd, teacher inside the step
+  feature          the train step with ce + kd + the pair's feature term (at or hint)
+  kd_offline       KD from an offline teacher store: not implemented yet, no record
+
+Timing: `--warmup` steps, then `--repeats` chunks of `--steps` steps each; one
+`jax.block_until_ready` per chunk (no host sync inside it); per-step time = chunk / steps;
+the table reports the median and p10/p90 over chunks. The modes of one (pair, batch size)
+are compiled together and take turns chunk by chunk, with the peak matmul, so a change in
+machine load hits them all alike.
+
+FLOPs per step come from XLA's `cost_analysis()` of the compiled step (per device, times the
+devices of the mesh), or of the lowered (unoptimised, unpartitioned) step where the compiled
+count is under half of it (a backend that leaves library calls uncounted); `flops_source` says
+which. The peak FLOP/s is a jitted [d*N, N] @ [N, N] matmul (`--peak_size` N) in the step's
+dtype, its rows split over the same mesh's d data shards, timed in turn with each group;
+`fraction_of_peak` = achieved / peak. kd_online records carry `kd_time_ratio` (KD step /
+student step time, same batch: the median over chunks of KD chunk / the student chunk timed
+next to it) and `kd_ideal_ratio` (1 + teacher forward FLOPs / student step FLOPs).
+
+Memory: `memory_peak_bytes` is XLA's compiled estimate (`memory_analysis()`);
+`device_peak_bytes_in_use` is the device allocator's peak so far in the process
+(`Device.memory_stats()`, None where the backend has none, e.g. CPU).
+
+Usage (from the repository root):
+  python -m benchmarks.throughput --quick                       # mlp pair, batch 256, ~1 min on CPU
+  python -m benchmarks.throughput --pairs=resnet,vit --batch_sizes=256,1024 \
+      --dtype=bfloat16 --out=/tmp/bench                          # writes /tmp/bench/throughput.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+from unittest import mock
+
+import jax
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jaxdistill.data
+from jaxdistill import parallel
+from jaxdistill.setup import DTYPES, RunSetup, model_factory, prepare_run
+from jaxdistill.step import teacher_outputs
+from jaxdistill.train import compile_steps
+
+if __package__:  # python -m benchmarks.throughput
+    from benchmarks import pairs as pairs_lib
+else:  # python benchmarks/throughput.py
+    import pairs as pairs_lib
+
+MODES = ("student", "teacher_forward", "kd_online", "feature", "kd_offline")
+NOT_AVAILABLE = {"kd_offline": "no offline teacher store (precomputed teacher outputs) exists "
+                               "yet; nothing is measured for it"}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("pairs", list(pairs_lib.PAIRS), f"pairs to measure: {list(pairs_lib.PAIRS)}")
+flags.DEFINE_list("modes", list(MODES), f"modes to measure: {list(MODES)}")
+flags.DEFINE_list("batch_sizes", ["128", "256"], "global batch sizes")
+flags.DEFINE_enum("dtype", "float32", list(DTYPES),
+                  "compute dtype of student and teacher (bfloat16: student compute and the "
+                  "teacher's params and compute in bf16; student params stay float32)")
+flags.DEFINE_integer("warmup", 3, "untimed steps after compilation")
+flags.DEFINE_integer("steps", 10, "steps per timed chunk (one host sync per chunk)")
+flags.DEFINE_integer("repeats", 7, "timed chunks; median and p10/p90 are taken over them")
+flags.DEFINE_integer("peak_size", 0, "N of the NxN peak-FLOP/s matmul (per data shard); "
+                     "0 = 2048 on CPU, 8192 on accelerators")
+flags.DEFINE_integer("seed", 0, "seed of the random parameters and synthetic batches")
+flags.DEFINE_string("out", "", "if set, writes <out>/throughput.json (rewritten after each "
+                    "pair and batch size, so an interrupted run keeps what it measured)")
+flags.DEFINE_string("table_from", "", "print the table of an existing throughput.json and exit")
+flags.DEFINE_bool("quick", False, "the mlp pair at batch 256, all modes (about a minute on CPU); "
+                  "flags given explicitly still apply")
+
+PEAK = "peak_matmul"  # the peak-FLOP/s program's name among a group's programs
+QUICK = {"pairs": ["mlp"], "batch_sizes": ["256"], "warmup": 2, "steps": 10, "repeats": 5}
+
+
+# ----------------------------------------------------------------------------- programs
+
+
+@dataclasses.dataclass
+class Program:
+    """A compiled step and how to run it again and again.
+
+    `step(carry) -> (carry, out)`: one call; `carry` threads through calls (the donated train
+    state), `out` is waited on at the end of a timed chunk.
+    """
+
+    compiled: jax.stages.Compiled
+    compile_s: float
+    step: Callable[[Any], tuple[Any, Any]]
+    carry: Any = None
+    devices: int = 1                # devices the program runs on (cost analysis is per device)
+    lowered_flops: float = 0.0      # FLOPs of the whole (unpartitioned, unoptimised) program
+    steps: int = 0                  # calls per timed chunk; 0 = the run's --steps
+
+
+def _compile(jitted, *args) -> tuple[jax.stages.Compiled, float, float]:
+    """(compiled, seconds to lower and compile, FLOPs of the lowered program)."""
+    start = time.perf_counter()
+    lowered = jitted.lower(*args)
+    compiled = lowered.compile()
+    seconds = time.perf_counter() - start
+    return compiled, seconds, float(_cost(lowered).get("flops", 0.0))
+
+
+class PairBench:
+    """The runs of one pair at one batch size and dtype; setups and teacher shared by modes."""
+
+    def __init__(self, pair: pairs_lib.Pair, batch_size: int, dtype: str, seed: int,
+                 teacher_cache: dict):
+        self.pair, self.batch_size, self.dtype, self.seed = pair, batch_size, dtype, seed
+        self._setups: dict[str, RunSetup] = {}
+        self._teacher_cache = teacher_cache
+        self._batch = None
+
+    def setup(self, config_mode: str) -> RunSetup:
+        """`prepare_run` of the pair's config for `config_mode`, on a synthetic dataset."""
+        if config_mode not in self._setups:
+            config = pairs_lib.run_config(self.pair, config_mode, batch_size=self.batch_size,
+                                          dtype=self.dtype)
+            info = pairs_lib.dataset_info(self.pair)
+
+            def prepare(name, data_dir=None):
+                assert name == info.name, name
+                return info
+            # prepare_run reads a prepared TFDS dataset for its shapes; the benchmark has none.
+            with mock.patch.object(jaxdistill.data, "prepare", prepare):
+                self._setups[config_mode] = prepare_run(config, teacher_checkpoint_required=False)
+        return self._setups[config_mode]
+
+    def teacher(self, setup: RunSetup):
+        """Random teacher variables, initialised by the model factory into their shardings."""
+        key = (self.pair.name, self.dtype, tuple(setup.mesh.devices.flat))
+        if key not in self._teacher_cache:
+            cfg = setup.config
+            t_dtype = DTYPES[cfg.teacher.dtype]
+            make = model_factory(cfg.teacher, "config.teacher", setup.info.num_classes,
+                                 setup.info.image_shape, t_dtype)
+
+            def init(rng):
+                _, params, stats = nnx.split(make(nnx.Rngs(params=rng)), nnx.Param,
+                                             nnx.BatchStat)
+                return jax.tree.map(lambda x: x.astype(t_dtype),
+                                    {"params": params, "batch_stats": stats})
+            shardings = jax.tree.map(lambda x: x.sharding, setup.teacher_abstract)
+            self._teacher_cache.clear()  # keep one teacher in memory at a time
+            self._teacher_cache[key] = jax.jit(init, out_shardings=shardings)(
+                jax.random.PRNGKey(self.seed + 1))
+        return self._teacher_cache[key]
+
+    def batch(self, setup: RunSetup) -> dict:
+        """A synthetic batch (images in [0, 1], labels, indices) in the run's batch sharding."""
+        if self._batch is None:
+            rng = np.random.default_rng(self.seed)
+            b, info = self.batch_size, setup.info
+            host = {"image": rng.random((b, *info.image_shape), dtype=np.float32),
+                    "label": rng.integers(0, info.num_classes, b).astype(np.int32),
+                    "index": np.arange(b, dtype=np.int32)}
+            self._batch = jax.device_put(host, setup.batch_sharding)
+        return self._batch
+
+
+def _train_program(bench: PairBench, config_mode: str) -> Program:
+    """The real jaxdistill train step of `config_mode`, state donated from call to call."""
+    setup = bench.setup(config_mode)
+    teacher = bench.teacher(setup) if setup.teacher_abstract is not None else None
+    batch = bench.batch(setup)
+    state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(
+        jax.random.PRNGKey(bench.seed))
+    train_fn, _ = compile_steps(setup)
+    compiled, seconds, flops = _compile(train_fn, state, teacher, batch)
+    return Program(compiled, seconds, lambda s: compiled(s, teacher, batch), state,
+                   setup.mesh.devices.size, flops)
+
+
+def student(bench: PairBench) -> Program:
+    return _train_program(bench, "student")
+
+
+def teacher_forward(bench: PairBench) -> Program:
+    """The teacher's eval-mode forward (logits) on the batch images, as the KD step runs it."""
+    setup = bench.setup("kd_online")
+    teacher, images = bench.teacher(setup), bench.batch(setup)["image"]
+    t_sh = jax.tree.map(lambda x: x.sharding, setup.teacher_abstract)
+    fn = jax.jit(lambda t, x: teacher_outputs(setup.ctx, t, x)[0],
+                 in_shardings=(t_sh, setup.batch_sharding), out_shardings=setup.batch_sharding)
+    compiled, seconds, flops = _compile(fn, teacher, images)
+    return Program(compiled, seconds, lambda c: (c, compiled(teacher, images)),
+                   devices=setup.mesh.devices.size, lowered_flops=flops)
+
+
+def kd_online(bench: PairBench) -> Program:
+    return _train_program(bench, "kd_online")
+
+
+def feature(bench: PairBench) -> Program:
+    return _train_program(bench, "feature")
+
+
+# name -> builder(PairBench) -> Program; None: not available (see NOT_AVAILABLE).
+# Adding kd_offline is one function of this shape and its entry here.
+BUILDERS: dict[str, Callable[[PairBench], Program] | None] = {
+    "student": student, "teacher_forward": teacher_forward, "kd_online": kd_online,
+    "feature": feature, "kd_offline": None,
+}
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def time_program(program: Program, *, warmup: int, steps: int, repeats: int) -> np.ndarray:
+    """Seconds per step of each of `repeats` chunks of `steps` calls (after `warmup` calls)."""
+    carry, out = program.carry, None
+    for _ in range(warmup):
+        carry, out = program.step(carry)
+    jax.block_until_ready((carry, out))
+    times = []
+    for _ in range(repeats):
+        outs = []
+        start = time.perf_counter()
+        for _ in range(steps):
+            carry, out = program.step(carry)
+            outs.append(out)
+        jax.block_until_ready((carry, outs))
+        times.append((time.perf_counter() - start) / steps)
+    program.carry = carry
+    return np.asarray(times)
+
+
+def _cost(stage) -> dict:
+    """XLA's cost analysis of a `Lowered` or `Compiled` as a dict ({} if unavailable)."""
+    try:
+        cost = stage.cost_analysis()
+    except (NotImplementedError, RuntimeError):  # best effort: not on every backend
+        return {}
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return cost or {}
+
+
+def _memory(compiled) -> dict:
+    try:
+        m = compiled.memory_analysis()
+    except (NotImplementedError, RuntimeError):  # not on every backend
+        m = None
+    if m is None:
+        return {"memory_peak_bytes": None}
+    fields = ("argument", "output", "alias", "temp", "generated_code")
+    out = {f"memory_{f}_bytes": int(getattr(m, f"{f}_size_in_bytes", 0)) for f in fields}
+    peak = getattr(m, "peak_memory_in_bytes", None)
+    if not peak:  # older jaxlibs: what the program holds at once, at most
+        peak = (out["memory_argument_bytes"] + out["memory_output_bytes"]
+                - out["memory_alias_bytes"] + out["memory_temp_bytes"])
+    out["memory_peak_bytes"] = int(peak)
+    return out
+
+
+def device_peak_bytes() -> int | None:
+    """The largest `peak_bytes_in_use` over local devices (process-wide so far), or None."""
+    peaks = []
+    for d in jax.local_devices():
+        try:
+            stats = d.memory_stats()
+        except (NotImplementedError, RuntimeError):
+            stats = None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(int(stats["peak_bytes_in_use"]))
+    return max(peaks) if peaks else None
+
+
+def peak_program(mesh, dtype: str, size: int) -> Program:
+    """A jitted [d*N, N] @ [N, N] matmul in `dtype`, rows split over the data axis (d), with
+    about 0.2 s of calls per timed chunk; `lowered_flops` holds its 2*d*N^3 FLOPs."""
+    d = mesh.shape[parallel.DATA_AXIS]
+    jdtype = DTYPES[dtype]
+    rng = np.random.default_rng(0)
+    a = jax.device_put(rng.standard_normal((d * size, size), np.float32).astype(jdtype),
+                       NamedSharding(mesh, P(parallel.DATA_AXIS)))
+    b = jax.device_put(rng.standard_normal((size, size), np.float32).astype(jdtype),
+                       parallel.replicated(mesh))
+    fn = jax.jit(lambda a, b: a @ b, out_shardings=NamedSharding(mesh, P(parallel.DATA_AXIS)))
+    compiled, seconds, _ = _compile(fn, a, b)
+    program = Program(compiled, seconds, lambda c: (c, compiled(a, b)), devices=d,
+                      lowered_flops=2.0 * d * size**3)
+    one = float(np.median(time_program(program, warmup=1, steps=1, repeats=3)))
+    program.steps = int(np.clip(0.2 / max(one, 1e-9), 1, 100))
+    return program
+
+
+def peak_summary(program: Program, times: np.ndarray, *, dtype: str, size: int) -> dict:
+    """The peak fields of a record from the matmul's chunk times (median and best chunk)."""
+    flops = program.lowered_flops
+    return {"peak_flops_per_second": flops / float(np.median(times)),
+            "peak_flops_per_second_best": flops / float(np.min(times)),
+            "peak_matmul_size": size, "peak_matmul_rows": program.devices * size,
+            "peak_dtype": dtype}
+
+
+def time_interleaved(programs: dict[str, Program], *, warmup: int, steps: int,
+                     repeats: int) -> dict[str, np.ndarray]:
+    """Per-step seconds of `repeats` chunks of each program, the programs taking turns chunk
+    by chunk (in a rotating order), so that a change in machine load hits them all alike and
+    their ratios stay meaningful on a shared machine."""
+    names = list(programs)
+    for name in names:
+        time_program(programs[name], warmup=warmup, steps=0, repeats=0)
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            p = programs[name]
+            times[name].append(time_program(p, warmup=0, steps=p.steps or steps, repeats=1)[0])
+    return {name: np.asarray(t) for name, t in times.items()}
+
+
+def record(bench: PairBench, mode: str, program: Program, times: np.ndarray, *, steps: int,
+           peak: dict) -> dict:
+    """One record: timing, FLOPs, memory of `program`, timed as `times` (s/step per chunk)."""
+    devices = program.devices
+    per_device = float(_cost(program.compiled).get("flops", 0.0))
+    flops, source = per_device * devices, "compiled"
+    if flops < 0.5 * program.lowered_flops:  # e.g. library calls the backend does not count
+        flops, source = program.lowered_flops, "lowered"
+    median = float(np.median(times))
+    achieved = flops / median
+    return {
+        "pair": bench.pair.name, "mode": mode, "batch_size": bench.batch_size,
+        "dtype": bench.dtype, "teacher": bench.pair.teacher, "student": bench.pair.student,
+        "devices": devices, "device_kind": jax.devices()[0].device_kind,
+        "examples_per_second": bench.batch_size / median,
+        "step_time_s": median,
+        "step_time_p10_s": float(np.percentile(times, 10)),
+        "step_time_p90_s": float(np.percentile(times, 90)),
+        "step_time_min_s": float(np.min(times)),
+        "timed_steps": steps * len(times), "compile_s": program.compile_s,
+        "flops_per_step": flops, "flops_source": source,
+        "flops_per_step_compiled_per_device": per_device,
+        "flops_per_step_lowered": program.lowered_flops,
+        "achieved_flops_per_second": achieved,
+        "fraction_of_peak": achieved / peak["peak_flops_per_second"],
+        **peak,
+        **_memory(program.compiled),
+        "device_peak_bytes_in_use": device_peak_bytes(),
+    }
+
+
+def run(pair_names, modes, batch_sizes, *, dtype="float32", warmup=3, steps=10, repeats=7,
+        peak_size=0, seed=0, log=print, on_progress=None) -> tuple[list[dict], list[str]]:
+    """Measures every (pair, batch size, mode); returns (records, footer notes).
+
+    `on_progress(records)` is called with the records so far after each (pair, batch size).
+    """
+    for name in pair_names:
+        if name not in pairs_lib.PAIRS:
+            raise ValueError(f"--pairs: unknown pair '{name}'; choose from {list(pairs_lib.PAIRS)}")
+    for mode in modes:
+        if mode not in BUILDERS:
+            raise ValueError(f"--modes: unknown mode '{mode}'; choose from {list(BUILDERS)}")
+    if not batch_sizes or any(b <= 0 for b in batch_sizes):
+        raise ValueError(f"--batch_sizes must be positive, got {batch_sizes}")
+    notes = [f"{m}: {NOT_AVAILABLE[m]}" for m in modes if BUILDERS[m] is None]
+    modes = list(dict.fromkeys(modes))
+    wanted = [m for m in modes if BUILDERS[m] is not None]
+    # kd_online needs the student and teacher_forward measurements for its ratios.
+    needed = set(wanted) | ({"student", "teacher_forward"} if "kd_online" in wanted else set())
+    order = [m for m in MODES if m in needed]
+    mesh = parallel.make_mesh((-1, 1), ("data", "model"))
+    if not peak_size:
+        peak_size = 2048 if jax.default_backend() == "cpu" else 8192
+    matmul = peak_program(mesh, dtype, peak_size)
+    records, teacher_cache = [], {}
+    for name in pair_names:
+        for batch_size in batch_sizes:
+            bench = PairBench(pairs_lib.PAIRS[name], batch_size, dtype, seed, teacher_cache)
+            programs = {}
+            for mode in order:
+                try:
+                    programs[mode] = BUILDERS[mode](bench)
+                except ValueError as e:  # a config this package cannot run (yet): say why
+                    notes.append(f"{name}/{mode}/{batch_size}: skipped: {e}")
+                    log(f"skipped {name} {mode} batch {batch_size}: {e}")
+                    continue
+                log(f"{name} {mode} batch {batch_size}: compiled in "
+                    f"{programs[mode].compile_s:.2f} s")
+            # the peak matmul takes its turns with the steps: same machine load, same minutes
+            times = time_interleaved({**programs, PEAK: matmul}, warmup=warmup, steps=steps,
+                                     repeats=repeats)
+            peak = peak_summary(matmul, times[PEAK], dtype=dtype, size=peak_size)
+            log(peak_line(peak))
+            by_mode = {m: record(bench, m, programs[m], times[m], steps=steps,
+                                 peak=peak) for m in programs}
+            del programs
+            for mode, rec in by_mode.items():
+                log(f"{name} {mode} batch {batch_size}: {rec['step_time_s'] * 1e3:.2f} ms/step")
+            kd, st, tf = (by_mode.get(m) for m in ("kd_online", "student", "teacher_forward"))
+            if kd and st and tf:
+                # chunk by chunk (timed side by side), then the median: robust to load drift
+                paired = times["kd_online"] / times["student"]
+                kd["kd_time_ratio"] = float(np.median(paired))
+                kd["kd_time_ratio_p10"] = float(np.percentile(paired, 10))
+                kd["kd_time_ratio_p90"] = float(np.percentile(paired, 90))
+                kd["kd_ideal_ratio"] = 1.0 + tf["flops_per_step"] / st["flops_per_step"]
+            records += [by_mode[m] for m in order if m in by_mode and m in wanted]
+            if on_progress is not None:
+                on_progress(records)
+    return records, notes
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _fmt(value, spec: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(value * scale, spec)
+
+
+def format_table(records: list[dict], notes: list[str]) -> str:
+    """The table of `records`, a line on the peak and the columns, and `notes`."""
+    cols = [("pair", 7), ("mode", 16), ("batch", 6), ("dtype", 9), ("ms/step", 9),
+            ("p10-p90 ms", 15), ("ex/s", 10), ("GFLOP/step", 11), ("GFLOP/s", 9),
+            ("%peak", 6), ("compile s", 9), ("peak MiB", 9), ("kd ratio", 8), ("ideal", 6)]
+    lines = ["  ".join(f"{c:>{w}}" for c, w in cols)]
+    for r in records:
+        spread = f"{r['step_time_p10_s'] * 1e3:.2f}-{r['step_time_p90_s'] * 1e3:.2f}"
+        mem = r["device_peak_bytes_in_use"] or r["memory_peak_bytes"]
+        row = [r["pair"], r["mode"], str(r["batch_size"]), r["dtype"],
+               _fmt(r["step_time_s"], ".2f", 1e3), spread, _fmt(r["examples_per_second"], ".0f"),
+               _fmt(r["flops_per_step"], ".3f", 1e-9),
+               _fmt(r["achieved_flops_per_second"], ".1f", 1e-9),
+               _fmt(r["fraction_of_peak"], ".1f", 100), _fmt(r["compile_s"], ".2f"),
+               _fmt(mem, ".1f", 1 / 2**20), _fmt(r.get("kd_time_ratio"), ".3f"),
+               _fmt(r.get("kd_ideal_ratio"), ".3f")]
+        lines.append("  ".join(f"{v:>{w}}" for v, (_, w) in zip(row, cols)))
+    if records:
+        peaks = sorted({r["peak_flops_per_second"] for r in records})
+        line = peak_line(records[0])
+        if len(peaks) > 1:  # one peak per (pair, batch size) group
+            line = (f"peak: {peaks[0] / 1e9:.1f} to {peaks[-1] / 1e9:.1f} GFLOP/s median over "
+                    "the (pair, batch) groups, " + line.split(" best, ", 1)[1])
+        lines.append(f"{line}; {records[0]['devices']} x {records[0]['device_kind']}")
+    lines.append("ms/step: median over chunks; p10-p90: spread over chunks; peak MiB: device "
+                 "peak in use (process-wide so far) where the backend reports it, else XLA's "
+                 "compiled peak; kd ratio: KD step / student step time; ideal: 1 + teacher "
+                 "forward FLOPs / student step FLOPs")
+    lines += [f"note: {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def peak_line(peak: dict) -> str:
+    n = peak["peak_matmul_size"]
+    return (f"peak: {peak['peak_flops_per_second'] / 1e9:.1f} GFLOP/s median, "
+            f"{peak['peak_flops_per_second_best'] / 1e9:.1f} best, {peak['peak_dtype']} matmul "
+            f"[{peak['peak_matmul_rows']}x{n}] @ [{n}x{n}] on the same mesh")
+
+
+def write_json(records: list[dict], out_dir: str) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "throughput.json")
+    with open(path, "w") as f:
+        json.dump(records, f, indent=2)
+    return path
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.quick:
+        for name, value in QUICK.items():
+            if not FLAGS[name].present:
+                FLAGS[name].value = value
+    if FLAGS.table_from:
+        with open(FLAGS.table_from) as f:
+            records = json.load(f)
+        notes = [f"{m}: {why}" for m, why in NOT_AVAILABLE.items()]
+        print(format_table(records, notes), flush=True)
+        return
+
+    def log(line):
+        print(line, file=sys.stderr, flush=True)
+
+    save = (lambda records: write_json(records, FLAGS.out)) if FLAGS.out else None
+    records, notes = run(
+        FLAGS.pairs, FLAGS.modes, [int(b) for b in FLAGS.batch_sizes], dtype=FLAGS.dtype,
+        warmup=FLAGS.warmup, steps=FLAGS.steps, repeats=FLAGS.repeats,
+        peak_size=FLAGS.peak_size, seed=FLAGS.seed, log=log, on_progress=save)
+    if FLAGS.out:
+        log(f"wrote {write_json(records, FLAGS.out)}")
+    print(format_table(records, notes), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,203 @@
+"""Joining a multi-process (multi-host) run: `initialize(...)` before any other JAX call.
+
+Three modes (`--distributed` in `jaxdistill.main`):
+
+- ``off`` (default): one process, nothing to join; the offline demo needs nothing.
+- ``auto``: JAX's cluster auto-detection (`jax.distributed.initialize()` with no
+  coordinator arguments) on Cloud TPU VM pods, SLURM (`srun`), Open MPI and GKE. Any
+  explicit value given (address, process count, id, local device ids) overrides the
+  detected one.
+- ``explicit``: `coordinator_address` (host:port of process 0), `num_processes` and
+  `process_id` are all required; used by `launch/local.py` and by clusters JAX does not
+  detect.
+
+Failure handling. Every process sends heartbeats to the coordination service that process
+0 hosts. When a process dies, the service stops hearing from it and, after
+`heartbeat_timeout` seconds, tells every other process, which then terminates with an
+error that says another task died. If process 0 itself dies, the others lose the
+service and stop after the same timeout. A peer that vanishes in the middle of a
+cross-process collective usually fails it at once (the connection drops). So no
+process outlives a dead peer by much more than `heartbeat_timeout`. `init_timeout`
+bounds the wait for all processes to join; `shutdown_timeout` bounds the barrier at exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+import traceback
+
+MODES = ("off", "auto", "explicit")
+
+# Defaults of jaxdistill's flags. JAX's own are 100 s (heartbeat), 300 s (init and
+# shutdown); a shorter heartbeat timeout stops a job with a dead peer sooner and costs
+# nothing, since heartbeats run on a background thread (compilation, checkpointing and
+# long steps do not delay them).
+HEARTBEAT_TIMEOUT_S = 60
+INIT_TIMEOUT_S = 300
+SHUTDOWN_TIMEOUT_S = 300
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How to join the run; `mode` is one of `MODES`. Unset fields are None."""
+
+    mode: str = "off"
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    local_device_ids: tuple[int, ...] | None = None
+    heartbeat_timeout: int = HEARTBEAT_TIMEOUT_S
+    init_timeout: int = INIT_TIMEOUT_S
+    shutdown_timeout: int = SHUTDOWN_TIMEOUT_S
+
+    def validate(self) -> None:
+        """Raises ValueError, naming the flag, for a setting that cannot work."""
+        if self.mode not in MODES:
+            raise ValueError(f"--distributed={self.mode!r}: expected one of {MODES}")
+        given = {name: getattr(self, name) for name in
+                 ("coordinator_address", "num_processes", "process_id", "local_device_ids")
+                 if getattr(self, name) is not None}
+        if self.mode == "off" and given:
+            raise ValueError(f"--{', --'.join(given)} given but --distributed=off; pass "
+                             "--distributed=explicit (or auto on a TPU pod or under SLURM)")
+        if self.mode == "explicit":
+            missing = [n for n in ("coordinator_address", "num_processes", "process_id")
+                       if n not in given]
+            if missing:
+                raise ValueError(f"--distributed=explicit needs --{', --'.join(missing)}")
+        if self.coordinator_address is not None:
+            host, _, port = self.coordinator_address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"--coordinator_address={self.coordinator_address!r}: "
+                                 "expected host:port, e.g. 10.0.0.2:1234")
+        if self.num_processes is not None and self.num_processes < 1:
+            raise ValueError(f"--num_processes={self.num_processes}: must be >= 1")
+        if self.process_id is not None:
+            if self.process_id < 0:
+                raise ValueError(f"--process_id={self.process_id}: must be >= 0")
+            if self.num_processes is not None and self.process_id >= self.num_processes:
+                raise ValueError(f"--process_id={self.process_id} must be below "
+                                 f"--num_processes={self.num_processes}")
+        for name in ("heartbeat_timeout", "init_timeout", "shutdown_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name}={getattr(self, name)}: must be > 0 seconds")
+
+
+def parse_device_ids(text: str | None) -> tuple[int, ...] | None:
+    """'0,1,2' -> (0, 1, 2); '' or None -> None."""
+    if not text:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"--local_device_ids={text!r}: expected comma-separated integers, "
+                         "e.g. 0,1,2,3") from None
+
+
+def _already_initialized() -> bool:
+    from jax._src import distributed as jax_distributed  # no public query in jax 0.10
+    return jax_distributed.global_state.client is not None
+
+
+def initialize(settings: Settings) -> bool:
+    """Joins the run described by `settings`; returns True when it is multi-process.
+
+    Must run before anything else touches JAX's backends (devices, arrays, jit). With
+    mode 'off' it does nothing. Raises ValueError for bad settings and RuntimeError when
+    'auto' detects no cluster. A coordinator that cannot be reached within `init_timeout`
+    ends the process from inside JAX's client (SIGABRT, "Terminating process because the
+    JAX distributed service detected fatal errors")."""
+    settings.validate()
+    if settings.mode == "off":
+        return False
+    import jax
+
+    if _already_initialized():
+        raise RuntimeError("jax.distributed is already initialized in this process")
+    # Cross-process collectives between CPU devices need an implementation; gloo (TCP,
+    # bootstrapped through the coordination service) is jax 0.10's default, but an
+    # older default of None would leave them unimplemented.
+    if jax.config.jax_cpu_collectives_implementation is None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = dict(coordinator_address=settings.coordinator_address,
+                  num_processes=settings.num_processes, process_id=settings.process_id,
+                  local_device_ids=list(settings.local_device_ids)
+                  if settings.local_device_ids is not None else None,
+                  initialization_timeout=settings.init_timeout,
+                  heartbeat_timeout_seconds=settings.heartbeat_timeout,
+                  shutdown_timeout_seconds=settings.shutdown_timeout)
+    if settings.mode == "explicit":
+        # No environment probing: the three values given are the whole truth.
+        kwargs["cluster_detection_method"] = "deactivate"
+    log = logging.getLogger("jaxdistill")
+    log.info("joining distributed run (%s): coordinator %s, process %s of %s, waiting up to %d s",
+             settings.mode, settings.coordinator_address or "auto-detected",
+             "auto-detected" if settings.process_id is None else settings.process_id,
+             settings.num_processes or "auto-detected", settings.init_timeout)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except ValueError as e:
+        if settings.mode == "auto" and ("should be defined" in str(e)
+                                        or "must be defined" in str(e)):
+            raise RuntimeError(
+                "--distributed=auto found no cluster to join (JAX detects Cloud TPU VM pods, "
+                "SLURM job steps started with srun, Open MPI and GKE); run under one of "
+                "those or use --distributed=explicit with --coordinator_address, "
+                f"--num_processes and --process_id ({e})") from None
+        raise
+    except Exception as e:  # e.g. XlaRuntimeError from a bad address
+        where = settings.coordinator_address or "the auto-detected coordinator"
+        raise RuntimeError(f"could not join the distributed run at {where} within "
+                           f"{settings.init_timeout} s: {e}") from None
+    log.info(
+        "joined distributed run: process %d of %d, %d local / %d global devices",
+        jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+    return jax.process_count() > 1
+
+
+@contextlib.contextmanager
+def fail_fast():
+    """Ends this process at once when the body fails in a multi-process run.
+
+    An exception that reaches the interpreter's exit would run JAX's shutdown barrier,
+    which waits up to `shutdown_timeout` for peers that are themselves blocked in a
+    collective waiting for this process: the whole job would hang for minutes. Instead the
+    error (traceback, or the `SystemExit` message) is printed with this process's id and
+    the process leaves with `os._exit`; its peers then stop within `heartbeat_timeout`
+    (at once if they are in a collective with it). Single-process runs are untouched."""
+    try:
+        yield
+    except BaseException as e:  # noqa: BLE001 (re-raised unless multi-process)
+        if isinstance(e, SystemExit) and not e.code:
+            raise
+        if not _multi_process():
+            raise
+        import jax
+        where = f"process {jax.process_index()} of {jax.process_count()}"
+        if isinstance(e, SystemExit):
+            message, code = (e.code, 1) if isinstance(e.code, str) else ("", int(e.code))
+            if message:
+                sys.stderr.write(f"{message} [{where}]\n")
+        else:
+            traceback.print_exc()
+            sys.stderr.write(f"jaxdistill: error: {where} failed: {type(e).__name__}: {e}\n"
+                             "(a failed collective usually means another process died first: "
+                             "its log has the cause)\n")
+            code = 130 if isinstance(e, KeyboardInterrupt) else 1
+        sys.stderr.write(f"jaxdistill: {where} exits now with status {code}; the other "
+                         "processes stop when they notice (within --heartbeat_timeout)\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+
+
+def _multi_process() -> bool:
+    if not _already_initialized():
+        return False
+    import jax
+    return jax.process_count() > 1

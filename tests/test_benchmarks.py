@@ -1,0 +1,94 @@
+"""The throughput benchmark end to end in a tiny mode (mlp pair, small batch, a few timed
+steps, on the 8 host CPU devices of conftest), and its JSON checked against hand-derived
+FLOP counts."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+BATCH = 32
+# Hinton et al. (2015) MNIST nets: 784-800-800-10 student, 784-1200-1200-10 teacher.
+STUDENT_PARAMS = 784 * 800 + 800 + 800 * 800 + 800 + 800 * 10 + 10
+TEACHER_PARAMS = 784 * 1200 + 1200 + 1200 * 1200 + 1200 + 1200 * 10 + 10
+FIELDS = ("pair", "mode", "batch_size", "examples_per_second", "flops_per_step",
+          "fraction_of_peak", "step_time_s", "step_time_p10_s", "step_time_p90_s", "compile_s",
+          "memory_peak_bytes", "device_peak_bytes_in_use", "achieved_flops_per_second",
+          "peak_flops_per_second")
+
+
+def _bench(*args):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.throughput", *args],
+                          check=False, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("throughput")
+    proc = _bench("--pairs=mlp", f"--batch_sizes={BATCH}", "--warmup=1", "--steps=2",
+                  "--repeats=2", "--peak_size=128", f"--out={out}")
+    with open(out / "throughput.json") as f:
+        return json.load(f), proc.stdout
+
+
+def test_records_have_every_mode_and_field(tiny):
+    records, _ = tiny
+    assert [r["mode"] for r in records] == ["student", "teacher_forward", "kd_online", "feature"]
+    for r in records:
+        for field in FIELDS:
+            assert field in r, (r["mode"], field)
+        assert r["pair"] == "mlp" and r["batch_size"] == BATCH and r["devices"] == 8
+        assert r["examples_per_second"] > 0 and r["compile_s"] > 0
+        assert 0 < r["step_time_p10_s"] <= r["step_time_s"] <= r["step_time_p90_s"]
+        assert r["examples_per_second"] == pytest.approx(BATCH / r["step_time_s"])
+        assert r["achieved_flops_per_second"] == pytest.approx(
+            r["flops_per_step"] / r["step_time_s"])
+        assert r["fraction_of_peak"] == pytest.approx(
+            r["achieved_flops_per_second"] / r["peak_flops_per_second"])
+        assert r["memory_peak_bytes"] > 0
+    assert "kd_time_ratio" in records[2] and "kd_time_ratio" not in records[0]
+
+
+def test_flops_match_hand_derived_counts(tiny):
+    by_mode = {r["mode"]: r for r in tiny[0]}
+    train = 6 * STUDENT_PARAMS * BATCH   # forward 2PB, backward 4PB
+    forward = 2 * TEACHER_PARAMS * BATCH
+    assert 0.5 * train < by_mode["student"]["flops_per_step"] < 2 * train
+    assert 0.8 * forward < by_mode["teacher_forward"]["flops_per_step"] < 1.25 * forward
+    kd = by_mode["kd_online"]["flops_per_step"]
+    assert kd == pytest.approx(by_mode["student"]["flops_per_step"]
+                               + by_mode["teacher_forward"]["flops_per_step"], rel=0.05)
+    # the hint adapter (800 -> 1200 linear, forward and backward) costs extra
+    assert by_mode["feature"]["flops_per_step"] > kd + 4 * 800 * 1200 * BATCH
+
+
+def test_kd_ratios(tiny):
+    by_mode = {r["mode"]: r for r in tiny[0]}
+    kd = by_mode["kd_online"]
+    assert kd["kd_ideal_ratio"] == pytest.approx(
+        1 + by_mode["teacher_forward"]["flops_per_step"] / by_mode["student"]["flops_per_step"],
+        rel=1e-12)
+    assert 1.5 < kd["kd_ideal_ratio"] < 2.5
+    assert kd["kd_time_ratio"] > 0
+
+
+def test_table_is_printed_with_the_offline_note(tiny):
+    _, stdout = tiny
+    assert "kd_online" in stdout and "GFLOP/step" in stdout
+    assert "kd_offline" in stdout and "peak:" in stdout
+
+
+def test_bad_arguments_fail_clearly(monkeypatch):
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks import throughput
+    with pytest.raises(ValueError, match="unknown pair 'nope'"):
+        throughput.run(["nope"], ["student"], [8])
+    with pytest.raises(ValueError, match="unknown mode 'kd_onlin'"):
+        throughput.run(["mlp"], ["kd_onlin"], [8])
+    with pytest.raises(ValueError, match="batch_sizes"):
+        throughput.run(["mlp"], ["student"], [0])
