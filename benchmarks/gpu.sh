@@ -12,8 +12,8 @@
 set -uo pipefail
 
 OUT=${1:?usage: benchmarks/gpu.sh OUTDIR}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute, before moving to the repository root
 cd "$(dirname "$0")/.."
-mkdir -p "$OUT"
 PY=${PYTHON:-python}
 if [[ -z "${PYTHON:-}" && -x .venv/bin/python ]]; then PY=.venv/bin/python; fi
 

@@ -11,14 +11,24 @@ Three modes (`--distributed` in `jaxdistill.main`):
   `process_id` are all required; used by `launch/local.py` and by clusters JAX does not
   detect.
 
-Failure handling. Every process sends heartbeats to the coordination service that process
-0 hosts. When a process dies, the service stops hearing from it and, after
-`heartbeat_timeout` seconds, tells every other process, which then terminates with an
-error that says another task died. If process 0 itself dies, the others lose the
-service and stop after the same timeout. A peer that vanishes in the middle of a
-cross-process collective usually fails it at once (the connection drops). So no
-process outlives a dead peer by much more than `heartbeat_timeout`. `init_timeout`
-bounds the wait for all processes to join; `shutdown_timeout` bounds the barrier at exit.
+Failure handling (measured on CPU processes, jax 0.10; see tests/test_multihost.py).
+Every process sends heartbeats to the coordination service that process 0 hosts.
+
+- A process dies (killed, OOM, preempted): the service misses its heartbeats for
+  `heartbeat_timeout` seconds and ends every other process with "Terminating process
+  because the JAX distributed service detected fatal errors. This most likely indicates
+  that another task died" (SIGABRT: exit status 134 in a shell). A peer waiting in a
+  collective with it may instead see the connection close at once ("Connection closed by
+  peer") and leave through `fail_fast` with status 1.
+- Process 0 dies: the others lose the service and end at once, with the same message.
+- A Python exception in one process: `fail_fast` prints it and ends that process at once
+  (status 1); the others follow as above. Without it the failing process would sit in
+  JAX's shutdown barrier for `shutdown_timeout` seconds while its peers wait for it in a
+  collective.
+
+So no process outlives a dead peer by much more than `heartbeat_timeout`. `init_timeout`
+bounds the wait for every process to join; `shutdown_timeout` bounds the barrier at a
+normal exit (process 0 finishes last: it writes the summary).
 """
 
 from __future__ import annotations
@@ -123,21 +133,24 @@ def initialize(settings: Settings) -> bool:
     # older default of None would leave them unimplemented.
     if jax.config.jax_cpu_collectives_implementation is None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs = dict(coordinator_address=settings.coordinator_address,
-                  num_processes=settings.num_processes, process_id=settings.process_id,
-                  local_device_ids=list(settings.local_device_ids)
-                  if settings.local_device_ids is not None else None,
-                  initialization_timeout=settings.init_timeout,
-                  heartbeat_timeout_seconds=settings.heartbeat_timeout,
-                  shutdown_timeout_seconds=settings.shutdown_timeout)
+    device_ids = settings.local_device_ids
+    kwargs = {"coordinator_address": settings.coordinator_address,
+              "num_processes": settings.num_processes, "process_id": settings.process_id,
+              "local_device_ids": list(device_ids) if device_ids is not None else None,
+              "initialization_timeout": settings.init_timeout,
+              "heartbeat_timeout_seconds": settings.heartbeat_timeout,
+              "shutdown_timeout_seconds": settings.shutdown_timeout}
     if settings.mode == "explicit":
         # No environment probing: the three values given are the whole truth.
         kwargs["cluster_detection_method"] = "deactivate"
     log = logging.getLogger("jaxdistill")
-    log.info("joining distributed run (%s): coordinator %s, process %s of %s, waiting up to %d s",
-             settings.mode, settings.coordinator_address or "auto-detected",
-             "auto-detected" if settings.process_id is None else settings.process_id,
-             settings.num_processes or "auto-detected", settings.init_timeout)
+    if settings.mode == "explicit":
+        log.info("joining the run at %s as process %d of %d (waiting up to %d s)",
+                 settings.coordinator_address, settings.process_id, settings.num_processes,
+                 settings.init_timeout)
+    else:
+        log.info("joining the run of the detected cluster (waiting up to %d s)",
+                 settings.init_timeout)
     try:
         jax.distributed.initialize(**kwargs)
     except ValueError as e:
@@ -149,7 +162,7 @@ def initialize(settings: Settings) -> bool:
                 "those or use --distributed=explicit with --coordinator_address, "
                 f"--num_processes and --process_id ({e})") from None
         raise
-    except Exception as e:  # e.g. XlaRuntimeError from a bad address
+    except Exception as e:  # noqa: BLE001 (e.g. XlaRuntimeError for a bad address)
         where = settings.coordinator_address or "the auto-detected coordinator"
         raise RuntimeError(f"could not join the distributed run at {where} within "
                            f"{settings.init_timeout} s: {e}") from None
@@ -171,7 +184,7 @@ def fail_fast():
     (at once if they are in a collective with it). Single-process runs are untouched."""
     try:
         yield
-    except BaseException as e:  # noqa: BLE001 (re-raised unless multi-process)
+    except BaseException as e:  # re-raised unless multi-process
         if isinstance(e, SystemExit) and not e.code:
             raise
         if not _multi_process():

@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
-"""Starts an N-process jaxdistill run on this machine, each process with K host CPU devices.
+"""Starts an N-process jaxdistill run on this machine, each process with K devices.
 
   python launch/local.py --num_processes=2 --devices_per_process=2 -- \
       --config=configs/digits_kd.py:tiny --workdir=/tmp/digits_2x2
 
 Everything after `--` goes to `python -m jaxdistill.main` unchanged. Each process gets
 `--distributed=explicit --coordinator_address=127.0.0.1:PORT --num_processes=N
---process_id=I` (PORT: a free port unless --port is given) and
+--process_id=I` (PORT: a free port unless --port is given) and, on CPU (the default),
 `XLA_FLAGS=--xla_force_host_platform_device_count=K` (other XLA_FLAGS are kept), so the
-run sees N*K devices, exactly like one process with N*K devices. Output lines are
-prefixed with `[I]`. The launcher waits for all; as soon as one fails it stops the others
-(SIGTERM, then SIGKILL after --grace seconds) and exits with that process's status.
-Ctrl-C stops them all.
+run sees N*K devices. With --platform=cuda process I drives GPUs I*K .. I*K+K-1
+(`--local_device_ids`). Output lines are prefixed with `[I]`. The launcher waits for all;
+as soon as one fails it stops the others (SIGTERM, then SIGKILL after --grace seconds)
+and exits with that process's status. Ctrl-C stops them all.
+
+N x K CPU devices train bit for bit like 1 x (N*K) launched here (`--num_processes=1`):
+both reduce across devices with gloo. A plain single-process run (no launcher) uses XLA's
+in-process collectives, which sum in another order, so it matches only to float rounding.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import sys
 import threading
 import time
 
+GPU_PLATFORMS = ("cuda", "rocm", "gpu")
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -37,8 +43,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 def child_env(base: dict, devices_per_process: int, platform: str) -> dict:
     env = dict(base)
     flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", env.get("XLA_FLAGS", ""))
-    env["XLA_FLAGS"] = f"{flags.strip()} --xla_force_host_platform_device_count=" \
-                       f"{devices_per_process}".strip()
+    if platform not in GPU_PLATFORMS:
+        flags += f" --xla_force_host_platform_device_count={devices_per_process}"
+    env["XLA_FLAGS"] = " ".join(flags.split())
     if platform:
         env["JAX_PLATFORMS"] = platform
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -79,10 +86,13 @@ def launch(num_processes: int, devices_per_process: int, main_args: list[str], *
         cmd = [python, "-u", "-m", "jaxdistill.main", *main_args, "--distributed=explicit",
                f"--coordinator_address={address}", f"--num_processes={num_processes}",
                f"--process_id={i}"]
+        if platform in GPU_PLATFORMS:  # process i drives GPUs i*K .. i*K+K-1
+            ids = range(i * devices_per_process, (i + 1) * devices_per_process)
+            cmd.insert(-1, f"--local_device_ids={','.join(map(str, ids))}")
         if i == 0:
             with lock:
                 out.write(f"[launch] {num_processes} x {devices_per_process} devices, "
-                          f"coordinator {address}: {shlex.join(cmd[:-1])} --process_id=I\n")
+                          f"coordinator {address}; process 0: {shlex.join(cmd)}\n")
                 out.flush()
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, text=True, bufsize=1)
@@ -128,10 +138,12 @@ def main(argv=None) -> int:
         usage="python launch/local.py [options] -- --config=... --workdir=... [main flags]")
     parser.add_argument("--num_processes", type=int, default=2, help="processes to start")
     parser.add_argument("--devices_per_process", type=int, default=1,
-                        help="host CPU devices per process (XLA_FLAGS)")
+                        help="devices per process: host CPU devices (XLA_FLAGS), or with "
+                             "--platform=cuda the GPUs each process drives")
     parser.add_argument("--port", type=int, default=0, help="coordinator port (0: a free one)")
     parser.add_argument("--platform", default="cpu",
-                        help="JAX_PLATFORMS for the processes ('' leaves it unset)")
+                        help="JAX_PLATFORMS for the processes: cpu (default), cuda or rocm "
+                             "(process I gets GPUs I*K..I*K+K-1), '' leaves it unset")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds between SIGTERM and SIGKILL when stopping the others")
     args = parser.parse_args(ours)

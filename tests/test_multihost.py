@@ -37,7 +37,7 @@ def _launch(processes: int, devices: int, workdir, *extra) -> str:
     proc = subprocess.run(
         [sys.executable, LAUNCHER, f"--num_processes={processes}",
          f"--devices_per_process={devices}", "--", *TINY, f"--workdir={workdir}", *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc.stdout
 
@@ -133,7 +133,7 @@ def _start_pair(tmp_path, make_cmd, devices):
     """Starts processes 0 and 1 of `make_cmd(process_id)`, output to log files."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                JAX_PLATFORMS="cpu")
-    logs = [open(tmp_path / f"process_{i}.log", "w+") for i in range(2)]
+    logs = [open(tmp_path / f"process_{i}.log", "w+") for i in range(2)]  # noqa: SIM115
     procs = [subprocess.Popen(make_cmd(i), cwd=ROOT, env=env, stdout=logs[i],
                               stderr=subprocess.STDOUT) for i in range(2)]
     return procs, logs
@@ -281,14 +281,14 @@ def test_launcher_sets_device_count_and_keeps_other_xla_flags():
 
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(num_processes=2), "--num_processes given but --distributed=off"),
-    (dict(mode="explicit", num_processes=2), "needs --coordinator_address, --process_id"),
-    (dict(mode="explicit", coordinator_address="nohost", num_processes=2, process_id=0),
-     "expected host:port"),
-    (dict(mode="explicit", coordinator_address="h:1", num_processes=2, process_id=2),
+    ({"num_processes": 2}, "--num_processes given but --distributed=off"),
+    ({"mode": "explicit", "num_processes": 2}, "needs --coordinator_address, --process_id"),
+    ({"mode": "explicit", "coordinator_address": "nohost", "num_processes": 2,
+      "process_id": 0}, "expected host:port"),
+    ({"mode": "explicit", "coordinator_address": "h:1", "num_processes": 2, "process_id": 2},
      "--process_id=2 must be below --num_processes=2"),
-    (dict(mode="auto", heartbeat_timeout=0), "--heartbeat_timeout=0"),
-    (dict(mode="cluster"), "--distributed='cluster'"),
+    ({"mode": "auto", "heartbeat_timeout": 0}, "--heartbeat_timeout=0"),
+    ({"mode": "cluster"}, "--distributed='cluster'"),
 ])
 def test_bad_distributed_flags_are_named(settings, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
@@ -307,7 +307,7 @@ def test_auto_without_a_cluster_fails_clearly(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_"))}
     proc = subprocess.run([sys.executable, "-m", "jaxdistill.main", *TINY,
                            f"--workdir={tmp_path}", "--distributed=auto"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode != 0
     assert "--distributed=auto found no cluster to join" in proc.stderr
     assert not os.listdir(tmp_path)

@@ -232,3 +232,10 @@ def test_cli_bad_input_is_one_line_and_nonzero(demo, tmp_path):
                 "--config.objective.kd.temprature=2", check=False)
     assert proc.returncode != 0 and "temprature" in proc.stderr
     assert not os.path.exists(tmp_path / "w")
+
+
+def test_tf_data_reader_runs_end_to_end(demo, tmp_path):
+    pytest.importorskip("tensorflow")
+    summary = train_and_evaluate(_kd_config(demo[0], **{"data.reader": "tf"}), str(tmp_path))
+    assert summary["steps"] == 12 and 0.0 <= summary["student_accuracy"] <= 1.0
+    assert len(_records(tmp_path)) == 12 and np.isfinite([r["loss"] for r in _records(tmp_path)]).all()
