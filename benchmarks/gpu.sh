@@ -6,9 +6,10 @@
 #   benchmarks/gpu.sh OUTDIR
 #
 # Writes OUTDIR/throughput.json (rewritten after each pair and batch size, so a run cut short
-# keeps what it measured), OUTDIR/throughput.log (progress and table), OUTDIR/env.txt (versions,
-# device), and prints the table last. Environment overrides: PYTHON, PAIRS, BATCH_SIZES, DTYPE, STEPS,
-# REPEATS, WARMUP, PEAK_SIZE, LIMIT_S (the benchmark's time limit, default 450 s).
+# keeps what it measured), OUTDIR/throughput.log (progress and table) and OUTDIR/env.txt
+# (versions, device), and prints the table last. Environment overrides: PYTHON, PAIRS,
+# BATCH_SIZES, DTYPE, STEPS, REPEATS, WARMUP, PEAK_SIZE, and LIMIT_S (the benchmark's time
+# limit, default 450 s; a run over it prints the table of what it finished and exits 124).
 set -uo pipefail
 
 OUT=${1:?usage: benchmarks/gpu.sh OUTDIR}
@@ -20,8 +21,10 @@ if [[ -z "${PYTHON:-}" && -x .venv/bin/python ]]; then PY=.venv/bin/python; fi
 {
   date -u +%FT%TZ
   git rev-parse HEAD 2>/dev/null || true
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || true
-  "$PY" -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__); print(jax.devices())'
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
+    2>/dev/null || true
+  "$PY" -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)
+print(jax.devices())'
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 

@@ -2,7 +2,8 @@
 
 Each pair names its models, its input (image shape, class count) and the feature term its
 `feature` mode adds. `run_config(pair, mode, ...)` returns a real jaxdistill config
-(`jaxdistill.defaults.base_config()` or `jaxdistill.recipes.cifar100_recipe`) for one benchmark mode:
+(`jaxdistill.defaults.base_config()` or `jaxdistill.recipes.cifar100_recipe`) for one
+benchmark mode:
 
 - ``student``: the student's supervised step (objective ``ce`` only, no teacher);
 - ``kd_online``: ``ce`` + ``kd`` with the teacher run inside the step;

@@ -83,6 +83,22 @@ class RunCheckpoints:
                            aux_state=r["train"]["aux_state"])
         return state, int(r["data"]["position"])
 
+    def restore_newest(self, abstract_state: TrainState, log=print
+                       ) -> tuple[TrainState, int] | None:
+        """Restores the newest readable checkpoint, falling back to older ones (and saying
+        so) when the newest is corrupted; None if there is no checkpoint at all."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for i, step in enumerate(steps):
+            try:
+                return self.restore(step, abstract_state)
+            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back
+                if i + 1 == len(steps):
+                    raise ValueError(f"no readable checkpoint in {self.manager.directory}; the "
+                                     f"oldest (step {step}) failed with: {e}") from e
+                log(f"checkpoint at step {step} is unreadable ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:200]}); falling back to step {steps[i + 1]}")
+        return None
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

@@ -18,8 +18,8 @@ Every process sends heartbeats to the coordination service that process 0 hosts.
   `heartbeat_timeout` seconds and ends every other process with "Terminating process
   because the JAX distributed service detected fatal errors. This most likely indicates
   that another task died" (SIGABRT: exit status 134 in a shell). A peer waiting in a
-  collective with it may instead see the connection close at once ("Connection closed by
-  peer") and leave through `fail_fast` with status 1.
+  collective with it may instead see the connection drop at once ("Gloo all-reduce failed:
+  ... Connection closed/reset by peer") and leave through `fail_fast` with status 1.
 - Process 0 dies: the others lose the service and end at once, with the same message.
 - A Python exception in one process: `fail_fast` prints it and ends that process at once
   (status 1); the others follow as above. Without it the failing process would sit in

@@ -13,6 +13,7 @@ from absl import logging
 
 from jaxdistill import checkpoint, data, parallel
 from jaxdistill.metrics import MetricWriter, format_duration, progress_line
+from jaxdistill.preemption import PreemptionWatch
 from jaxdistill.setup import RunSetup, model_cost, prepare_run
 from jaxdistill.step import eval_step, train_step
 
@@ -52,16 +53,19 @@ def evaluate(setup: RunSetup, eval_fn, state, teacher) -> dict[str, float]:
     return result
 
 
-def _mean_metrics(pending: list) -> dict[str, float]:
+def _mean_checked(pending: list, last_step: int) -> dict[str, float]:
+    """Mean of the per-step metrics of steps `last_step - len(pending) + 1 .. last_step`;
+    raises FloatingPointError naming the first step and loss terms that are not finite."""
     host = jax.device_get(pending)
+    for offset, metrics in enumerate(host):
+        bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
+        if bad:
+            step = last_step - len(host) + 1 + offset
+            raise FloatingPointError(
+                f"non-finite {', '.join(bad)} at step {step}; stopped before saving it, so the "
+                "newest checkpoint is the last good state. Lower the learning rate or check the "
+                "data and the loss weights")
     return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-
-
-def _check_finite(scalars: dict[str, float], step: int) -> None:
-    bad = [k for k, v in scalars.items() if not np.isfinite(v)]
-    if bad:
-        raise FloatingPointError(f"non-finite {', '.join(bad)} at step {step}; the last good "
-                                 "checkpoint is kept. Lower the learning rate or check the data")
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -75,16 +79,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
         teacher = checkpoint.load_teacher(config.teacher.checkpoint, setup.teacher_abstract)
     train_fn, eval_fn = compile_steps(setup)
 
-    latest = ckpts.latest_step()
-    if latest is None:
+    restored = ckpts.restore_newest(setup.abstract_state, log=writer.print)
+    if restored is None:
         init = jax.jit(setup.init_state, out_shardings=setup.state_shardings)
         state, position = init(jax.random.PRNGKey(config.seed)), 0
     else:
-        if latest > config.num_steps:
+        state, position = restored
+        if int(jax.device_get(state.step)) > config.num_steps:
             raise ValueError(f"config.num_steps ({config.num_steps}) is below the step of the "
-                             f"newest checkpoint in {workdir} ({latest})")
-        state, position = ckpts.restore(latest, setup.abstract_state)
-        writer.print(f"resumed from step {latest} in {workdir}")
+                             f"newest checkpoint in {workdir} ({int(state.step)})")
+        writer.print(f"resumed from step {int(jax.device_get(state.step))} in {workdir}")
     start = int(jax.device_get(state.step))
     batches = data.make_train_iterator(
         setup.info, split=config.data.train_split, reader=config.data.reader,
@@ -92,6 +96,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         position=position)
 
     pending, timer_start, timed_steps, last_eval = [], None, 0, None
+    watch = PreemptionWatch()
     for step in range(start + 1, config.num_steps + 1):
         state, metrics = train_fn(state, teacher, next(batches))
         pending.append(metrics)
@@ -101,11 +106,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         else:
             timed_steps += 1
         last = step == config.num_steps
-        save_now = last or (config.checkpoint_every and step % config.checkpoint_every == 0)
+        preempted = watch.reached(step)
+        save_now = last or preempted or (config.checkpoint_every
+                                         and step % config.checkpoint_every == 0)
         eval_now = last or (config.eval_every and step % config.eval_every == 0)
         if save_now or eval_now or (config.log_every and step % config.log_every == 0):
-            scalars = _mean_metrics(pending)
-            _check_finite(scalars, step)
+            scalars = _mean_checked(pending, step)
             scalars["learning_rate"] = float(setup.schedule(step - 1))
             rate = timed_steps * config.batch_size / max(time.perf_counter() - timer_start, 1e-9)
             scalars["examples_per_second"] = rate
@@ -124,6 +130,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if save_now:
             ckpts.save(state, batches.position, metrics=last_eval if eval_now else None)
         timer_start += time.perf_counter() - paused
+        if preempted:
+            ckpts.wait()
+            ckpts.close()
+            writer.print(f"preempted: saved a checkpoint at step {step} in {workdir}; rerun the "
+                         "same command to resume")
+            writer.close()
+            raise SystemExit(0)
+    watch.close()
     elapsed = time.perf_counter() - timer_start if timer_start is not None else 0.0
     if last_eval is None:  # nothing left to train: report the restored state
         last_eval = evaluate(setup, eval_fn, state, teacher)
