@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 import jax
 import numpy as np
@@ -85,19 +86,35 @@ class RunCheckpoints:
 
     def restore_newest(self, abstract_state: TrainState, log=print
                        ) -> tuple[TrainState, int] | None:
-        """Restores the newest readable checkpoint, falling back to older ones (and saying
-        so) when the newest is corrupted; None if there is no checkpoint at all."""
+        """Restores the newest readable checkpoint; a corrupted newer one is moved aside to
+        `<workdir>/corrupted_checkpoints/` (kept for inspection, never overwritten) and the
+        next older one is tried, saying so. None if there is no checkpoint at all."""
         steps = sorted(self.manager.all_steps(), reverse=True)
         for i, step in enumerate(steps):
             try:
-                return self.restore(step, abstract_state)
+                restored = self.restore(step, abstract_state)
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back
                 if i + 1 == len(steps):
                     raise ValueError(f"no readable checkpoint in {self.manager.directory}; the "
                                      f"oldest (step {step}) failed with: {e}") from e
                 log(f"checkpoint at step {step} is unreadable ({type(e).__name__}: "
                     f"{str(e).splitlines()[0][:200]}); falling back to step {steps[i + 1]}")
+                continue
+            if i:
+                self._set_aside(steps[:i])
+            return restored
         return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        directory = os.fspath(self.manager.directory)
+        aside = os.path.join(os.path.dirname(directory), "corrupted_checkpoints")
+        if jax.process_index() == 0:
+            os.makedirs(aside, exist_ok=True)
+            for step in steps:
+                os.replace(os.path.join(directory, str(step)),
+                           os.path.join(aside, f"{step}-{int(time.time())}"))
+        multihost_utils.sync_global_devices("jaxdistill_set_aside_checkpoints")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -109,7 +109,10 @@ def parse_device_ids(text: str | None) -> tuple[int, ...] | None:
 
 
 def _already_initialized() -> bool:
-    from jax._src import distributed as jax_distributed  # no public query in jax 0.10
+    import jax
+    if hasattr(jax.distributed, "is_initialized"):
+        return jax.distributed.is_initialized()
+    from jax._src import distributed as jax_distributed  # older jax: no public query
     return jax_distributed.global_state.client is not None
 
 
@@ -140,11 +143,10 @@ def initialize(settings: Settings) -> bool:
               "initialization_timeout": settings.init_timeout,
               "heartbeat_timeout_seconds": settings.heartbeat_timeout,
               "shutdown_timeout_seconds": settings.shutdown_timeout}
+    log = logging.getLogger("jaxdistill")
     if settings.mode == "explicit":
         # No environment probing: the three values given are the whole truth.
         kwargs["cluster_detection_method"] = "deactivate"
-    log = logging.getLogger("jaxdistill")
-    if settings.mode == "explicit":
         log.info("joining the run at %s as process %d of %d (waiting up to %d s)",
                  settings.coordinator_address, settings.process_id, settings.num_processes,
                  settings.init_timeout)

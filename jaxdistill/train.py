@@ -68,35 +68,60 @@ def _mean_checked(pending: list, last_step: int) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
+def _init_or_restore(setup: RunSetup, ckpts, writer, workdir: str):
+    """The newest readable checkpoint's state and data position, or a fresh state."""
+    config = setup.config
+    restored = ckpts.restore_newest(setup.abstract_state, log=writer.print)
+    if restored is None:
+        init = jax.jit(setup.init_state, out_shardings=setup.state_shardings)
+        return init(jax.random.PRNGKey(config.seed)), 0
+    state, position = restored
+    step = int(jax.device_get(state.step))
+    if step > config.num_steps:
+        raise ValueError(f"config.num_steps ({config.num_steps}) is below the step of the "
+                         f"newest checkpoint in {workdir} ({step})")
+    writer.print(f"resumed from step {step} in {workdir}")
+    return state, position
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Runs (or resumes) one training run in `workdir` and returns its summary."""
     setup = prepare_run(config)
     os.makedirs(workdir, exist_ok=True)
     writer = MetricWriter(workdir)
     ckpts = checkpoint.RunCheckpoints(workdir, keep=config.keep_checkpoints)
-    teacher = None
-    if setup.teacher_abstract is not None:
-        teacher = checkpoint.load_teacher(config.teacher.checkpoint, setup.teacher_abstract)
-    train_fn, eval_fn = compile_steps(setup)
-
-    restored = ckpts.restore_newest(setup.abstract_state, log=writer.print)
-    if restored is None:
-        init = jax.jit(setup.init_state, out_shardings=setup.state_shardings)
-        state, position = init(jax.random.PRNGKey(config.seed)), 0
-    else:
-        state, position = restored
-        if int(jax.device_get(state.step)) > config.num_steps:
-            raise ValueError(f"config.num_steps ({config.num_steps}) is below the step of the "
-                             f"newest checkpoint in {workdir} ({int(state.step)})")
-        writer.print(f"resumed from step {int(jax.device_get(state.step))} in {workdir}")
-    start = int(jax.device_get(state.step))
-    batches = data.make_train_iterator(
-        setup.info, split=config.data.train_split, reader=config.data.reader,
-        global_batch_size=config.batch_size, seed=config.seed, sharding=setup.batch_sharding,
-        position=position)
-
-    pending, timer_start, timed_steps, last_eval = [], None, 0, None
     watch = PreemptionWatch()
+    try:
+        teacher = None
+        if setup.teacher_abstract is not None:
+            teacher = checkpoint.load_teacher(config.teacher.checkpoint, setup.teacher_abstract)
+        train_fn, eval_fn = compile_steps(setup)
+        state, position = _init_or_restore(setup, ckpts, writer, workdir)
+        batches = data.make_train_iterator(
+            setup.info, split=config.data.train_split, reader=config.data.reader,
+            global_batch_size=config.batch_size, seed=config.seed,
+            sharding=setup.batch_sharding, position=position)
+        state, last_eval, timed_steps, elapsed = _loop(
+            setup, train_fn, functools.partial(evaluate, setup, eval_fn), state, teacher,
+            batches, ckpts, writer, watch, workdir)
+        if last_eval is None:  # nothing left to train: report the restored state
+            last_eval = evaluate(setup, eval_fn, state, teacher)
+    finally:  # in-flight saves hold good states: let them land, even on an error
+        ckpts.wait()
+        ckpts.close()
+        writer.close()
+        watch.close()
+    logging.info("run finished in %s", format_duration(elapsed))
+    return _summary(setup, workdir, state, last_eval, timed_steps, elapsed)
+
+
+def _loop(setup: RunSetup, train_fn, evaluate_fn, state, teacher, batches, ckpts, writer,
+          watch, workdir):
+    """Steps to `config.num_steps` with logging, eval and checkpoints; returns (state,
+    last eval, timed steps, training seconds). Exits 0 after a preemption checkpoint."""
+    config = setup.config
+    start = int(jax.device_get(state.step))
+    pending, timer_start, timed_steps, last_eval = [], None, 0, None
     for step in range(start + 1, config.num_steps + 1):
         state, metrics = train_fn(state, teacher, next(batches))
         pending.append(metrics)
@@ -114,16 +139,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
             scalars = _mean_checked(pending, step)
             scalars["learning_rate"] = float(setup.schedule(step - 1))
             rate = timed_steps * config.batch_size / max(time.perf_counter() - timer_start, 1e-9)
-            scalars["examples_per_second"] = rate
-            writer.write(step, "train", scalars)
+            writer.write(step, "train", {**scalars, "examples_per_second": rate})
             eta = (config.num_steps - step) * config.batch_size / max(rate, 1e-9)
-            writer.print(progress_line(step, config.num_steps,
-                                       {k: v for k, v in scalars.items()
-                                        if k != "examples_per_second"}, rate, eta))
+            writer.print(progress_line(step, config.num_steps, scalars, rate, eta))
             pending = []
         paused = time.perf_counter()  # eval and checkpointing do not count as training time
         if eval_now:
-            last_eval = evaluate(setup, eval_fn, state, teacher)
+            last_eval = evaluate_fn(state, teacher)
             writer.write(step, "eval", last_eval)
             writer.print(f"eval step {step}: " + " ".join(f"{k} {v:.4f}"
                                                           for k, v in last_eval.items()))
@@ -131,22 +153,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
             ckpts.save(state, batches.position, metrics=last_eval if eval_now else None)
         timer_start += time.perf_counter() - paused
         if preempted:
-            ckpts.wait()
-            ckpts.close()
             writer.print(f"preempted: saved a checkpoint at step {step} in {workdir}; rerun the "
                          "same command to resume")
-            writer.close()
             raise SystemExit(0)
-    watch.close()
     elapsed = time.perf_counter() - timer_start if timer_start is not None else 0.0
-    if last_eval is None:  # nothing left to train: report the restored state
-        last_eval = evaluate(setup, eval_fn, state, teacher)
-    ckpts.wait()
-    ckpts.close()
-    writer.close()
-    summary = _summary(setup, workdir, state, last_eval, timed_steps, elapsed)
-    logging.info("run finished in %s", format_duration(elapsed))
-    return summary
+    return state, last_eval, timed_steps, elapsed
 
 
 def _summary(setup: RunSetup, workdir: str, state, result: dict, timed_steps: int,

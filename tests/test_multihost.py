@@ -312,3 +312,11 @@ def test_auto_without_a_cluster_fails_clearly(tmp_path):
     assert proc.returncode != 0
     assert "--distributed=auto found no cluster to join" in proc.stderr
     assert not os.listdir(tmp_path)
+
+
+def test_url_workdir_is_refused_before_anything_runs():
+    proc = subprocess.run([sys.executable, "-m", "jaxdistill.main", *TINY,
+                           "--workdir=gs://bucket/run"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode != 0
+    assert "--workdir=gs://bucket/run: URLs are not supported yet" in proc.stderr

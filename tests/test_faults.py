@@ -1,0 +1,142 @@
+"""Surviving faults, through the real CLI: SIGTERM (preemption), SIGKILL, a corrupted
+newest checkpoint, and a non-finite loss."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, load_config
+
+from jaxdistill import experiment
+from jaxdistill.train import train_and_evaluate
+
+STEPS = 300
+ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("fault_teacher"))
+    train_and_evaluate(experiment.teacher_config(load_config("digits_kd", "tiny")), workdir)
+    return workdir
+
+
+def _args(workdir, teacher):
+    return [sys.executable, "-m", "jaxdistill.main", "--config=configs/digits_kd.py:tiny",
+            f"--workdir={workdir}", "--config.baseline=False",
+            f"--config.teacher.checkpoint={teacher}", f"--config.num_steps={STEPS}",
+            "--config.checkpoint_every=20", "--config.eval_every=0", "--config.log_every=10",
+            "--config.data.augment=jitter"]
+
+
+def _run(workdir, teacher):
+    proc = subprocess.run(_args(workdir, teacher), cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _sha(workdir):
+    with open(os.path.join(workdir, "summary.json")) as f:
+        return json.load(f)["student_params_sha256"]
+
+
+def _steps(workdir):
+    directory = os.path.join(workdir, "checkpoints")
+    return sorted(int(s) for s in os.listdir(directory) if s.isdigit())
+
+
+def _read(f):
+    f.seek(0)
+    return f.read()
+
+
+def _start_and_wait(workdir, teacher, until_step):
+    """Starts a run and returns it once metrics.jsonl shows `until_step`."""
+    out = open(os.path.join(os.path.dirname(workdir), "stdout.txt"), "w+")
+    err = open(os.path.join(os.path.dirname(workdir), "stderr.txt"), "w+")
+    proc = subprocess.Popen(_args(workdir, teacher), cwd=ROOT, env=ENV, stdout=out, stderr=err,
+                            text=True)
+    proc.out, proc.err = out, err
+    path = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if os.path.exists(path):
+            with open(path) as f:
+                if any(json.loads(line)["step"] >= until_step for line in f if line.strip()):
+                    return proc
+        assert proc.poll() is None, _read(proc.err)
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("run did not reach the step in time")
+
+
+@pytest.fixture(scope="module")
+def reference(teacher, tmp_path_factory):
+    """The sha256 of an uninterrupted run."""
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    _run(workdir, teacher)
+    return _sha(workdir)
+
+
+def test_sigterm_checkpoints_exits_zero_and_resumes(teacher, reference, tmp_path):
+    proc = _start_and_wait(str(tmp_path / "run"), teacher, until_step=60)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    out = _read(proc.out)
+    assert proc.returncode == 0, _read(proc.err)[-3000:]
+    stopped = _steps(tmp_path / "run")[-1]
+    assert 60 <= stopped < STEPS
+    assert f"preempted: saved a checkpoint at step {stopped}" in out
+    resumed = _run(str(tmp_path / "run"), teacher)
+    assert f"resumed from step {stopped}" in resumed.stdout
+    assert _sha(tmp_path / "run") == reference
+
+
+def test_sigkill_then_rerun_equals_uninterrupted(teacher, reference, tmp_path):
+    proc = _start_and_wait(str(tmp_path / "run"), teacher, until_step=70)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not os.path.exists(tmp_path / "run" / "summary.json")
+    resumed = _run(str(tmp_path / "run"), teacher)
+    assert "resumed from step" in resumed.stdout
+    assert _sha(tmp_path / "run") == reference
+
+
+def test_corrupted_newest_checkpoint_falls_back(teacher, reference, tmp_path):
+    _run(str(tmp_path), teacher)
+    newest, previous = _steps(tmp_path)[-1], _steps(tmp_path)[-2]
+    model_dir = tmp_path / "checkpoints" / str(newest) / "model"
+    for root, _, files in os.walk(model_dir):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"not a checkpoint")
+    # rerun: the corrupted step is set aside, not trusted, and its steps are trained again
+    proc = subprocess.run(_args(str(tmp_path), teacher), cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"checkpoint at step {newest} is unreadable" in proc.stdout
+    assert f"falling back to step {previous}" in proc.stdout
+    assert f"resumed from step {previous}" in proc.stdout
+    assert os.listdir(tmp_path / "corrupted_checkpoints")[0].startswith(f"{newest}-")
+    assert _sha(tmp_path) == reference  # training redid the steps of the corrupted checkpoint
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(teacher, tmp_path):
+    config = load_config("digits_kd", "tiny")
+    config.teacher.checkpoint = teacher
+    config.baseline = False
+    config.optimizer.learning_rate = 1e12
+    config.checkpoint_every = 1
+    config.log_every = 1
+    with pytest.raises(FloatingPointError) as e:
+        train_and_evaluate(config, str(tmp_path))
+    message = str(e.value)
+    assert message.startswith("non-finite ") and " at step " in message
+    bad_step = int(message.split(" at step ")[1].split(";")[0])
+    assert any(term in message.split(" at step ")[0] for term in ("ce", "kd", "loss"))
+    assert _steps(tmp_path)[-1] == bad_step - 1  # nothing from the bad step was saved
