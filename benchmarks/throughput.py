@@ -47,7 +47,6 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
-from unittest import mock
 
 import jax
 import numpy as np
@@ -56,7 +55,6 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import jaxdistill.data
 from jaxdistill import parallel
 from jaxdistill.setup import DTYPES, RunSetup, model_factory, prepare_run
 from jaxdistill.step import teacher_outputs
@@ -138,14 +136,8 @@ class PairBench:
         if config_mode not in self._setups:
             config = pairs_lib.run_config(self.pair, config_mode, batch_size=self.batch_size,
                                           dtype=self.dtype)
-            info = pairs_lib.dataset_info(self.pair)
-
-            def prepare(name, data_dir=None):
-                assert name == info.name, name
-                return info
-            # prepare_run reads a prepared TFDS dataset for its shapes; the benchmark has none.
-            with mock.patch.object(jaxdistill.data, "prepare", prepare):
-                self._setups[config_mode] = prepare_run(config, teacher_checkpoint_required=False)
+            self._setups[config_mode] = prepare_run(config, teacher_checkpoint_required=False,
+                                                    info=pairs_lib.dataset_info(self.pair))
         return self._setups[config_mode]
 
     def teacher(self, setup: RunSetup):

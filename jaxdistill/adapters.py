@@ -4,6 +4,7 @@ adversarial distillation. Sized from abstract feature shapes (`jax.eval_shape`).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import jax
@@ -45,7 +46,7 @@ class Discriminator(nnx.Module):
 
     def __init__(self, in_features: int, hidden: Sequence[int], *, rngs: nnx.Rngs):
         sizes = (in_features, *hidden)
-        self.layers = nnx.List([nnx.Linear(i, o, rngs=rngs) for i, o in zip(sizes, sizes[1:])])
+        self.layers = nnx.List([nnx.Linear(i, o, rngs=rngs) for i, o in itertools.pairwise(sizes)])
         self.score = nnx.Linear(sizes[-1], 1, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:

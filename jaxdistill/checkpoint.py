@@ -93,7 +93,7 @@ class RunCheckpoints:
         for i, step in enumerate(steps):
             try:
                 restored = self.restore(step, abstract_state)
-            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back
+            except Exception as e:
                 if i + 1 == len(steps):
                     raise ValueError(f"no readable checkpoint in {self.manager.directory}; the "
                                      f"oldest (step {step}) failed with: {e}") from e

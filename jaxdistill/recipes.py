@@ -15,7 +15,7 @@ from jaxdistill.defaults import base_config
 def method_objective(method: str, *, hint_feature: str, map_feature: str) -> dict:
     """Objective terms of `method`; `hint_feature` is the stage FitNets regresses,
     `map_feature` the NHWC stage attention transfer and SP compare."""
-    pair = lambda f: {"student_feature": f, "teacher_feature": f}  # noqa: E731
+    pair = lambda f: {"student_feature": f, "teacher_feature": f}
     methods = {
         "kd": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}},
         "lskd": {"ce": {"weight": 0.1},

@@ -90,14 +90,16 @@ def _state_shardings(abstract: TrainState, mesh: Mesh, rule: str) -> TrainState:
                       opt_state=parallel.tree_shardings(abstract.opt_state, mesh, rule))
 
 
-def prepare_run(config, *, teacher_checkpoint_required: bool = True) -> RunSetup:
-    """Validates `config` and resolves every static piece of the run (see module doc)."""
+def prepare_run(config, *, teacher_checkpoint_required: bool = True,
+                info: data.DatasetInfo | None = None) -> RunSetup:
+    """Validates `config` and resolves every static piece of the run (see module doc).
+    `info` stands in for the prepared dataset (benchmarks on synthetic data)."""
     if config.num_steps <= 0:
         raise ValueError(f"config.num_steps must be > 0, got {config.num_steps}")
     for field in ("log_every", "eval_every", "checkpoint_every"):
         if config[field] < 0:
             raise ValueError(f"config.{field} must be >= 0, got {config[field]}")
-    info = data.prepare(config.data.name, config.data.data_dir or None)
+    info = info or data.prepare(config.data.name, config.data.data_dir or None)
     for split in (config.data.train_split, config.data.eval_split):
         if split not in info.splits:
             raise ValueError(f"config.data: split '{split}' is not in {config.data.name} "

@@ -5,7 +5,8 @@ import hashlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxdistill import checkpoint, parallel
 from jaxdistill.metrics import progress_line
@@ -13,7 +14,7 @@ from jaxdistill.step import TrainState
 
 
 def _state(step, value, sharding):
-    put = lambda x: jax.device_put(x, sharding)  # noqa: E731
+    put = lambda x: jax.device_put(x, sharding)
     return TrainState(step=put(jnp.int32(step)),
                       params={"student": {"w": put(jnp.full((8, 4), value))}, "aux": {}},
                       batch_stats={"mean": put(jnp.full((4,), -value))},

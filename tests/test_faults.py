@@ -35,7 +35,7 @@ def _args(workdir, teacher):
 
 def _run(workdir, teacher):
     proc = subprocess.run(_args(workdir, teacher), cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -57,8 +57,8 @@ def _read(f):
 
 def _start_and_wait(workdir, teacher, until_step):
     """Starts a run and returns it once metrics.jsonl shows `until_step`."""
-    out = open(os.path.join(os.path.dirname(workdir), "stdout.txt"), "w+")
-    err = open(os.path.join(os.path.dirname(workdir), "stderr.txt"), "w+")
+    out = open(os.path.join(os.path.dirname(workdir), "stdout.txt"), "w+")  # noqa: SIM115
+    err = open(os.path.join(os.path.dirname(workdir), "stderr.txt"), "w+")  # noqa: SIM115
     proc = subprocess.Popen(_args(workdir, teacher), cwd=ROOT, env=ENV, stdout=out, stderr=err,
                             text=True)
     proc.out, proc.err = out, err
@@ -117,7 +117,7 @@ def test_corrupted_newest_checkpoint_falls_back(teacher, reference, tmp_path):
                 f.write(b"not a checkpoint")
     # rerun: the corrupted step is set aside, not trusted, and its steps are trained again
     proc = subprocess.run(_args(str(tmp_path), teacher), cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"checkpoint at step {newest} is unreadable" in proc.stdout
     assert f"falling back to step {previous}" in proc.stdout

@@ -35,7 +35,7 @@ def test_weighted_sum_matches_numpy():
 
 
 def test_linear_warmup_of_a_weight():
-    s, t, labels, views = _views(np.random.default_rng(1))
+    views = _views(np.random.default_rng(1))[3]
     objective = build_objective({"kd": {"weight": 2.0, "warmup_steps": 4}}, has_teacher=True)
     totals = [float(objective(views, jnp.int32(step))[0]) for step in (0, 1, 3, 10)]
     kd = float(objective(views, jnp.int32(0))[1]["kd"])

@@ -20,7 +20,7 @@ from jaxdistill.train import compile_steps, train_and_evaluate
 def _cli(*args, devices=8, check=True):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     proc = subprocess.run([sys.executable, "-m", "jaxdistill.main", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -189,8 +189,9 @@ def test_bfloat16_teacher(demo, tmp_path):
     setup = prepare_run(config)
     leaves = jax.tree.leaves(setup.teacher_abstract)
     assert {x.dtype for x in leaves} == {jnp.dtype(jnp.bfloat16)}
-    assert abs(summary["teacher_accuracy"] - json.load(
-        open(os.path.join(demo[0], "teacher", "summary.json")))["student_accuracy"]) < 0.05
+    with open(os.path.join(demo[0], "teacher", "summary.json")) as f:
+        f32_accuracy = json.load(f)["student_accuracy"]
+    assert abs(summary["teacher_accuracy"] - f32_accuracy) < 0.05
 
 
 BAD_INPUTS = [
