@@ -123,14 +123,14 @@ class RunCheckpoints:
         self.manager.close()
 
 
-def teacher_directory(path: str) -> str:
+def teacher_directory(path: str, field: str = "config.teacher.checkpoint") -> str:
     """The checkpoint directory for `config.teacher.checkpoint` (a run's workdir or its
     `checkpoints/` folder); raises ValueError if it holds no checkpoint."""
     path = os.path.abspath(os.path.expanduser(path))
     for candidate in (os.path.join(path, CHECKPOINT_DIR), path):
         if os.path.isdir(candidate) and any(n.isdigit() for n in os.listdir(candidate)):
             return candidate
-    raise ValueError(f"config.teacher.checkpoint: no checkpoint found at '{path}'; point it at the "
+    raise ValueError(f"{field}: no checkpoint found at '{path}'; point it at the "
                      "workdir of a finished teacher run (a run with no teacher trains one)")
 
 
@@ -140,28 +140,29 @@ def _shapes(tree) -> dict[str, tuple]:
             for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _teacher_manager(path: str):
-    directory = teacher_directory(path)
+def _teacher_manager(path: str, field: str = "config.teacher.checkpoint"):
+    directory = teacher_directory(path, field)
     manager = ocp.CheckpointManager(directory, item_handlers=_handlers(),
                                     options=ocp.CheckpointManagerOptions(read_only=True))
     return directory, manager, manager.latest_step()
 
 
-def check_teacher_fits(path: str, abstract_vars: dict) -> None:
+def check_teacher_fits(path: str, abstract_vars: dict,
+                       field: str = "config.teacher.checkpoint") -> None:
     """Raises ValueError, naming the first mismatching parameter, unless the newest
     checkpoint under `path` holds a `model` item with exactly the shapes of
     `abstract_vars` ({'params', 'batch_stats'}). Reads metadata only."""
-    directory, manager, step = _teacher_manager(path)
+    directory, manager, step = _teacher_manager(path, field)
     stored = _shapes(manager.item_metadata(step)["model"].tree)
     manager.close()
     wanted = _shapes(abstract_vars)
     for name in sorted(set(wanted) | set(stored)):
         if wanted.get(name) != stored.get(name):
             raise ValueError(
-                f"config.teacher.checkpoint: '{directory}' (step {step}) does not fit "
-                f"config.teacher.model: parameter '{name}' is {stored.get(name, 'missing')} in the "
-                f"checkpoint but {wanted.get(name, 'absent')} in the model; check teacher.model, "
-                "teacher.kwargs and the dataset's class count")
+                f"{field}: '{directory}' (step {step}) does not fit "
+                f"the model: parameter '{name}' is {stored.get(name, 'missing')} in the "
+                f"checkpoint but {wanted.get(name, 'absent')} in the model; check the teacher's model, "
+                "kwargs and the dataset's class count")
 
 
 def load_teacher(path: str, abstract_vars: dict) -> dict:

@@ -45,6 +45,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher.train.learning_rate = 0.1  # its peak learning rate (other optimizer fields are shared)
     c.teacher.train.augment = "none"     # its augmentation (data.augment_pixels is shared)
 
+    c.extra_teachers = ml_collections.ConfigDict()  # name -> dict(model, kwargs, checkpoint, dtype);
+    # a term picks one with teacher='<name>', or teacher='mean' for the average of all
+    # teachers' softened probabilities
+
     c.objective = ml_collections.ConfigDict()  # loss terms: name -> dict(weight=..., <loss fields>)
     c.objective.ce = ml_collections.ConfigDict({"weight": 1.0})
 

@@ -25,7 +25,9 @@ from flax import nnx
 
 from jaxdistill.terms import TERMS, AuxIO, TermOutput, TermSpec, Views
 
-_COMMON = ("loss", "weight", "warmup_steps")
+_COMMON = ("loss", "weight", "warmup_steps", "teacher")
+PRIMARY = "teacher"   # the name of `config.teacher` among several teachers
+MEAN = "mean"         # a term's teacher='mean': the average of all teachers' softened probabilities
 FEATURE_FIELDS = ("student_feature", "teacher_feature")
 
 
@@ -38,6 +40,7 @@ class Term:
     hparams: tuple[tuple[str, Any], ...]
     aux_def: Any = None   # graphdef of the term's aux module, set by `Objective.bind`
     num_data: int = 0     # examples in the training split, set by `Objective.bind`
+    teacher_name: str = PRIMARY  # which teacher the term distils from (or MEAN)
 
     def weight_at(self, step: jax.Array) -> jax.Array:
         """Constant weight, or a linear ramp from 0 over `warmup_steps`."""
@@ -46,8 +49,23 @@ class Term:
         ramp = jnp.minimum(1.0, (step.astype(jnp.float32) + 1.0) / self.warmup_steps)
         return self.weight * ramp
 
+    def views_for(self, views: Views) -> Views:
+        """`views` with the teacher this term distils from in the teacher slots."""
+        if self.teacher_name == PRIMARY or views.teachers is None:
+            return views
+        if self.teacher_name == MEAN:
+            t = float(dict(self.hparams).get("temperature", 1.0))
+            probs = jnp.mean(jnp.stack([jax.nn.softmax(logits / t)
+                                        for logits, _ in views.teachers.values()]), axis=0)
+            # logits whose softmax at temperature t is the mean of the teachers' softmaxes
+            return views._replace(teacher_logits=t * jnp.log(probs), teacher_features={})
+        logits, features = views.teachers[self.teacher_name]
+        return views._replace(teacher_logits=logits, teacher_features=features)
+
     def make_aux(self, views: Views, rngs: nnx.Rngs):
-        return self.spec.make_aux(views, rngs, self.num_data, **dict(self.hparams))
+        """The term's aux module and running state, sized from abstract `views`."""
+        shapes = jax.eval_shape(self.views_for, views)
+        return self.spec.make_aux(shapes, rngs, self.num_data, **dict(self.hparams))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,14 +80,22 @@ class Objective:
     def aux_terms(self) -> tuple[Term, ...]:
         return tuple(t for t in self.terms if t.spec.make_aux is not None)
 
-    def check_features(self, student: Mapping, teacher: Mapping | None) -> None:
-        """Raises ValueError if a term names a feature its model does not return."""
+    def check_models(self, views: Views) -> None:
+        """Raises ValueError if a term names a teacher that is not configured, or a feature
+        its model does not return (checked on abstract `views`)."""
+        teachers = views.teachers or {}
         for term in self.terms:
+            if term.spec.needs_teacher and term.teacher_name not in (*teachers, MEAN):
+                raise ValueError(f"config.objective.{term.name}.teacher: no teacher named "
+                                 f"'{term.teacher_name}'; configured: {sorted(teachers)} "
+                                 f"(or '{MEAN}')")
+            teacher_features = ({} if term.teacher_name == MEAN
+                                else teachers.get(term.teacher_name, (None, {}))[1])
             for field, value in term.hparams:
                 if field not in FEATURE_FIELDS:
                     continue
-                side, available = ("student", student) if field == FEATURE_FIELDS[0] else (
-                    "teacher", teacher or {})
+                side, available = ("student", views.student_features) if (
+                    field == FEATURE_FIELDS[0]) else ("teacher", teacher_features)
                 if value not in available:
                     raise ValueError(f"config.objective.{term.name}.{field}: the {side} model has "
                                      f"no feature '{value}'; it has {sorted(available)}")
@@ -113,7 +139,7 @@ class Objective:
                 kwargs["aux"] = AuxIO(module, new_state.get(term.name),
                                       jax.random.fold_in(rng, i), term.num_data)
             try:
-                out = term.spec.fn(views, **kwargs)
+                out = term.spec.fn(term.views_for(views), **kwargs)
             except ValueError as e:
                 raise ValueError(f"config.objective.{term.name}: {e}") from None
             out = out if isinstance(out, TermOutput) else TermOutput(out)
@@ -168,5 +194,7 @@ def build_objective(objective_cfg: Mapping[str, Mapping[str, Any]], *,
         if "temperature" in hparams and not float(hparams["temperature"]) > 0:
             raise ValueError(f"{where}.temperature must be > 0, got {hparams['temperature']}")
         hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}
-        terms.append(Term(name, spec, weight, warmup, tuple(sorted(hparams.items()))))
+        teacher = str(raw.get("teacher", PRIMARY))
+        terms.append(Term(name, spec, weight, warmup, tuple(sorted(hparams.items())),
+                          teacher_name=teacher))
     return Objective(tuple(terms))

@@ -15,6 +15,7 @@ import functools
 from typing import Any
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -22,9 +23,9 @@ from jax.sharding import Mesh, NamedSharding
 
 from jaxdistill import augment, checkpoint, data, parallel
 from jaxdistill.models import build_model
-from jaxdistill.objective import Objective, build_objective
+from jaxdistill.objective import MEAN, PRIMARY, Objective, build_objective
 from jaxdistill.optim import make_optimizer
-from jaxdistill.step import StepContext, TrainState, forward, train_step
+from jaxdistill.step import StepContext, TrainState, all_teacher_outputs, forward, train_step
 from jaxdistill.terms import Views
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -126,26 +127,31 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
     s_vars = {"params": s_params, "batch_stats": s_stats}
 
     teacher_def = teacher_abstract = None
+    extra_defs = {}
     if has_teacher:
-        _num_classes(config.teacher, "config.teacher", info.num_classes)
-        t_dtype = _dtype(config.teacher.dtype, "config.teacher.dtype")
-        make_teacher = model_factory(config.teacher, "config.teacher", classes, info.image_shape,
-                                     t_dtype)
-        teacher_def, t_params, t_stats = nnx.split(
-            nnx.eval_shape(lambda: make_teacher(nnx.Rngs(0))), nnx.Param, nnx.BatchStat)
-        t_vars = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, t_dtype),
-                              {"params": t_params, "batch_stats": t_stats})
-        teacher_abstract = _with_shardings(
-            t_vars, parallel.tree_shardings(t_vars, mesh, config.mesh.teacher_rule))
-        if config.teacher.checkpoint:
-            checkpoint.check_teacher_fits(config.teacher.checkpoint, teacher_abstract)
-        elif teacher_checkpoint_required:
+        teacher_def, teacher_abstract = _teacher(config.teacher, "config.teacher", info, mesh,
+                                                 config.mesh.teacher_rule)
+        if not config.teacher.checkpoint and teacher_checkpoint_required:
             raise ValueError("config.teacher.checkpoint is empty; point it at a teacher run's "
                              "workdir (train one with a config whose teacher.model is '')")
+        others = {}
+        for name, raw in config.extra_teachers.items():
+            if name in (PRIMARY, MEAN):
+                raise ValueError(f"config.extra_teachers.{name}: '{name}' is a reserved name")
+            t_cfg = ml_collections.ConfigDict({"kwargs": {}, "dtype": "float32", "num_classes": 0,
+                                               "checkpoint": "", **dict(raw)})
+            extra_defs[name], others[name] = _teacher(
+                t_cfg, f"config.extra_teachers.{name}", info, mesh, config.mesh.teacher_rule)
+            if not t_cfg.checkpoint:
+                raise ValueError(f"config.extra_teachers.{name}.checkpoint is empty")
+        if others:
+            teacher_abstract = {**teacher_abstract, "others": others}
+    elif config.extra_teachers:
+        raise ValueError("config.extra_teachers needs a primary config.teacher.model")
 
-    views = _abstract_views(student_def, teacher_def, s_vars, teacher_abstract, info,
+    views = _abstract_views(student_def, teacher_def, extra_defs, s_vars, teacher_abstract, info,
                             config.batch_size)
-    objective.check_features(views.student_features, views.teacher_features)
+    objective.check_models(views)
     objective = objective.bind(views, num_data=info.splits[config.data.train_split])
     own = {t.name: float(dict(t.hparams).get("learning_rate", 1e-4))
            for t in objective.aux_terms if t.spec.own_optimizer}
@@ -163,7 +169,7 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
 
     abstract = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
     shardings = _state_shardings(abstract, mesh, config.mesh.student_rule)
-    ctx = StepContext(student_def, teacher_def, objective, tx, aug)
+    ctx = StepContext(student_def, teacher_def, objective, tx, aug, extra_defs)
     batch_sh = parallel.batch_sharding(mesh)
     setup = RunSetup(config, info, mesh, ctx, schedule, init_state,
                      _with_shardings(abstract, shardings), shardings, teacher_abstract, batch_sh)
@@ -172,18 +178,35 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
     return setup
 
 
-def _abstract_views(student_def, teacher_def, student_vars, teacher_vars, info, batch_size):
+def _teacher(t_cfg, field: str, info, mesh, rule: str):
+    """(graphdef, abstract {'params', 'batch_stats'} with dtypes and shardings) of a
+    teacher, checked against its checkpoint when one is given."""
+    classes = _num_classes(t_cfg, field, info.num_classes)
+    t_dtype = _dtype(t_cfg.dtype, f"{field}.dtype")
+    make = model_factory(t_cfg, field, classes, info.image_shape, t_dtype)
+    graphdef, params, stats = nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(0))), nnx.Param,
+                                        nnx.BatchStat)
+    t_vars = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, t_dtype),
+                          {"params": params, "batch_stats": stats})
+    abstract = _with_shardings(t_vars, parallel.tree_shardings(t_vars, mesh, rule))
+    if t_cfg.checkpoint:
+        checkpoint.check_teacher_fits(t_cfg.checkpoint, abstract, field=f"{field}.checkpoint")
+    return graphdef, abstract
+
+
+def _abstract_views(student_def, teacher_def, extra_defs, student_vars, teacher_vars, info,
+                    batch_size):
     """Shapes of everything a loss term sees, from abstract forward passes."""
     batch = abstract_batch(info, batch_size)
-
-    def outputs(graphdef, variables):
-        return jax.eval_shape(lambda v, x: forward(graphdef, v["params"], v["batch_stats"], x,
-                                                   train=False)[:2], variables, batch["image"])
-    s_logits, s_features = outputs(student_def, student_vars)
-    t_logits = t_features = None
-    if teacher_def is not None:
-        t_logits, t_features = outputs(teacher_def, teacher_vars)
-    return Views(s_logits, s_features, t_logits, t_features, batch["label"], batch["index"])
+    ctx = StepContext(student_def, teacher_def, None, None, None, extra_defs)
+    s_logits, s_features, _ = jax.eval_shape(
+        lambda v, x: forward(student_def, v["params"], v["batch_stats"], x, train=False),
+        student_vars, batch["image"])
+    teachers = (jax.eval_shape(lambda t, x: all_teacher_outputs(ctx, t, x), teacher_vars,
+                               batch["image"]) if teacher_def is not None else {})
+    t_logits, t_features = teachers.get(PRIMARY, (None, None))
+    return Views(s_logits, s_features, t_logits, t_features, batch["label"], batch["index"],
+                 teachers)
 
 
 def abstract_batch(info: data.DatasetInfo, batch_size: int) -> dict:

@@ -18,7 +18,7 @@ import optax
 from flax import nnx, struct
 
 from jaxdistill import augment
-from jaxdistill.objective import Objective
+from jaxdistill.objective import PRIMARY, Objective
 from jaxdistill.terms import Views
 
 
@@ -48,6 +48,7 @@ class StepContext:
     objective: Objective
     tx: optax.GradientTransformation
     augment: augment.Augment
+    extra_teacher_defs: Any = dataclasses.field(default_factory=dict)  # name -> graphdef
 
 
 def forward(graphdef, params, batch_stats, images, *, train: bool, rngs=None):
@@ -66,6 +67,20 @@ def teacher_outputs(ctx: StepContext, teacher, images):
     return jax.lax.stop_gradient((logits, features))
 
 
+def all_teacher_outputs(ctx: StepContext, teacher, images) -> dict:
+    """{name: (logits, features)} of every teacher: the primary as 'teacher', then the
+    extra teachers (`teacher['others']`), all frozen and without gradient."""
+    if ctx.teacher_def is None:
+        return {}
+    outputs = {PRIMARY: teacher_outputs(ctx, teacher, images)}
+    for name, graphdef in ctx.extra_teacher_defs.items():
+        variables = teacher["others"][name]
+        logits, features, _ = forward(graphdef, variables["params"], variables["batch_stats"],
+                                      images, train=False)
+        outputs[name] = jax.lax.stop_gradient((logits, features))
+    return outputs
+
+
 def _agreement(student_logits, teacher_logits):
     return (jnp.argmax(student_logits, -1) == jnp.argmax(teacher_logits, -1)).astype(jnp.float32)
 
@@ -75,13 +90,15 @@ def train_step(ctx: StepContext, state: TrainState, teacher, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     aug_rng, dropout_rng, term_rng = jax.random.split(rng, 3)
     images = augment.apply(ctx.augment, batch["image"], aug_rng, train=True)
-    t_logits, t_features = teacher_outputs(ctx, teacher, images)
+    teachers = all_teacher_outputs(ctx, teacher, images)
+    t_logits, t_features = teachers.get(PRIMARY, (None, None))
 
     def loss_fn(params):
         s_logits, s_features, new_stats = forward(
             ctx.student_def, params["student"], state.batch_stats, images, train=True,
             rngs=nnx.Rngs(dropout=dropout_rng))
-        views = Views(s_logits, s_features, t_logits, t_features, batch["label"], batch["index"])
+        views = Views(s_logits, s_features, t_logits, t_features, batch["label"], batch["index"],
+                      teachers)
         total, terms, aux_state = ctx.objective(views, state.step, params["aux"], state.aux_state,
                                                 term_rng)
         return total, (terms, new_stats, aux_state, s_logits)

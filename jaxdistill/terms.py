@@ -32,6 +32,7 @@ class Views(NamedTuple):
     teacher_features: Mapping[str, jax.Array] | None
     labels: jax.Array
     indices: jax.Array | None = None  # example index within the training split
+    teachers: Mapping[str, tuple[jax.Array, Mapping[str, jax.Array]]] | None = None  # by name
 
 
 class AuxIO(NamedTuple):

@@ -33,6 +33,20 @@ def compile_steps(setup: RunSetup):
     return train_fn, eval_fn
 
 
+def load_teachers(setup: RunSetup):
+    """The primary teacher's variables (plus `others`: the extra teachers'), restored
+    once straight into their shardings; None without a teacher."""
+    if setup.teacher_abstract is None:
+        return None
+    cfg, abstract = setup.config, setup.teacher_abstract
+    primary = {k: abstract[k] for k in ("params", "batch_stats")}
+    teacher = checkpoint.load_teacher(cfg.teacher.checkpoint, primary)
+    if "others" in abstract:
+        teacher["others"] = {name: checkpoint.load_teacher(cfg.extra_teachers[name].checkpoint, a)
+                             for name, a in abstract["others"].items()}
+    return teacher
+
+
 def evaluate(setup: RunSetup, eval_fn, state, teacher) -> dict[str, float]:
     """Student top-1 accuracy on the eval split, and (with a teacher) the teacher's
     accuracy and the student's top-1 agreement with it."""
@@ -92,9 +106,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpts = checkpoint.RunCheckpoints(workdir, keep=config.keep_checkpoints)
     watch = PreemptionWatch()
     try:
-        teacher = None
-        if setup.teacher_abstract is not None:
-            teacher = checkpoint.load_teacher(config.teacher.checkpoint, setup.teacher_abstract)
+        teacher = load_teachers(setup)
         train_fn, eval_fn = compile_steps(setup)
         state, position = _init_or_restore(setup, ckpts, writer, workdir)
         batches = data.make_train_iterator(

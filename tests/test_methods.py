@@ -108,3 +108,25 @@ def test_invalid_method_settings_fail_before_compiling(method, field, value, mes
     with pytest.raises(ValueError) as e:
         prepare_run(config)
     assert message in str(e.value)
+
+
+def test_two_teachers_train_end_to_end(teacher, tmp_path):
+    """A second teacher (another seed) under config.extra_teachers: one KD term on the
+    mean of both teachers' softened probabilities and one on the second teacher alone."""
+    second = str(tmp_path / "second")
+    teacher_cfg = experiment.teacher_config(load_config("mnist_methods", "kd,tiny"))
+    teacher_cfg.seed = 1
+    train_and_evaluate(teacher_cfg, second)
+    config = _config("kd", teacher)
+    with config.unlocked():
+        config.extra_teachers.second = {"model": "cnn", "kwargs": {"widths": (8, 16), "hidden": 32},
+                                        "checkpoint": second}
+    with config.unlocked():
+        config.objective.kd.teacher = "mean"
+        config.objective.kd_second = {"loss": "kd", "weight": 0.5, "teacher": "second"}
+    train_and_evaluate(config, str(tmp_path / "run"))
+    losses = _losses(tmp_path / "run")
+    assert np.all(np.isfinite(losses)) and np.mean(losses[-4:]) < np.mean(losses[:4])
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        record = json.loads(f.readline())
+    assert {"kd", "kd_second"} <= set(record)

@@ -62,3 +62,24 @@ def test_bad_terms_name_the_field(terms, has_teacher, message):
     with pytest.raises(ValueError) as e:
         build_objective(terms, has_teacher=has_teacher)
     assert message in str(e.value)
+
+
+def test_several_teachers_mean_of_softened_probabilities_and_by_name():
+    rng = np.random.default_rng(2)
+    s, t1, t2 = (rng.normal(size=(5, 4)) for _ in range(3))
+    labels = jnp.zeros(5, jnp.int32)
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    views = Views(f32(s), {}, f32(t1), {}, labels, None,
+                  {"teacher": (f32(t1), {}), "second": (f32(t2), {})})
+    objective = build_objective({"avg": {"loss": "kd", "temperature": 2.0, "teacher": "mean"},
+                                 "other": {"loss": "kd", "temperature": 2.0, "teacher": "second"}},
+                                has_teacher=True)
+    _, terms, _ = objective(views, jnp.int32(0))
+    ps = _softmax(s / 2.0)
+    for name, pt in (("avg", (_softmax(t1 / 2.0) + _softmax(t2 / 2.0)) / 2),
+                     ("other", _softmax(t2 / 2.0))):
+        expected = np.mean(4.0 * np.sum(pt * (np.log(pt) - np.log(ps)), -1))
+        np.testing.assert_allclose(terms[name], expected, rtol=1e-5, err_msg=name)
+    with pytest.raises(ValueError, match="config.objective.x.teacher: no teacher named 'third'"):
+        build_objective({"x": {"loss": "kd", "teacher": "third"}}, has_teacher=True).check_models(
+            views)

@@ -204,7 +204,7 @@ BAD_INPUTS = [
     ({"objective.kd.weight": -1.0}, "config.objective.kd.weight must be >= 0"),
     ({"teacher.num_classes": 5}, "config.teacher.num_classes is 5 but the dataset has 10"),
     ({"teacher.checkpoint": "/nonexistent/teacher"}, "config.teacher.checkpoint: no checkpoint"),
-    ({"teacher.kwargs.widths": (48,)}, "does not fit config.teacher.model: parameter"),
+    ({"teacher.kwargs.widths": (48,)}, "does not fit the model: parameter"),
     ({"batch_size": 60}, "config.batch_size (60) must be a positive multiple"),
     ({"data.augment": "mixup"}, "config.data.augment 'mixup' is unknown"),
 ]

@@ -35,12 +35,18 @@ def _read(source, info: DatasetInfo, indices: np.ndarray, rows: int, with_mask: 
     return sampling.make_batch(images, labels, indices, rows, with_mask=with_mask)
 
 
-def _iterate(batch_numbers: grain.MapDataset, load) -> Iterator[dict]:
-    return iter(batch_numbers.map(load).to_iter_dataset(READ_OPTIONS))
+def _iterate(batch_numbers: grain.MapDataset, load, add_fields) -> Iterator[dict]:
+    if add_fields is not None:  # on grain's threads, prefetched with the batch
+        batch_numbers = batch_numbers.map(load).map(add_fields)
+    else:
+        batch_numbers = batch_numbers.map(load)
+    return iter(batch_numbers.to_iter_dataset(READ_OPTIONS))
 
 
-def train_batches(info, split, global_batch_size, seed, position, process_index, process_count):
-    """This process's rows of global train batches `position`, `position + 1`, ... (endless)."""
+def train_batches(info, split, global_batch_size, seed, position, process_index, process_count,
+                  *, add_fields=None):
+    """This process's rows of global train batches `position`, `position + 1`, ... (endless);
+    `add_fields(host_batch) -> host_batch` (optional) adds fields to each."""
     source = _data_source(info, split)
     num_examples = info.splits[split]
 
@@ -49,11 +55,13 @@ def train_batches(info, split, global_batch_size, seed, position, process_index,
         indices = sampling.process_rows(indices, process_index, process_count)
         return _read(source, info, indices, len(indices), with_mask=False)
 
-    return _iterate(grain.MapDataset.range(position, sys.maxsize), load)
+    return _iterate(grain.MapDataset.range(position, sys.maxsize), load, add_fields)
 
 
-def eval_batches(info, split, global_batch_size, process_index, process_count):
-    """This process's rows of the in-order, padded global eval batches."""
+def eval_batches(info, split, global_batch_size, process_index, process_count, *,
+                 add_fields=None):
+    """This process's rows of the in-order, padded global eval batches (`add_fields` as
+    for `train_batches`)."""
     source = _data_source(info, split)
     num_examples = info.splits[split]
 
@@ -64,4 +72,4 @@ def eval_batches(info, split, global_batch_size, process_index, process_count):
         return _read(source, info, real, len(indices), with_mask=True)
 
     num_batches = sampling.num_eval_batches(num_examples, global_batch_size)
-    return _iterate(grain.MapDataset.range(num_batches), load)
+    return _iterate(grain.MapDataset.range(num_batches), load, add_fields)

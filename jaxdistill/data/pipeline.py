@@ -5,16 +5,48 @@ process's rows with `jax.make_array_from_process_local_data`:
 image float32 [B, H, W, C] in [0, 1], label int32 [B], index int32 [B] (example index within
 the split, -1 on padding) and, for eval, mask float32 [B] (1 real, 0 padding).
 Batch composition is described in `sampling` (grain) and `tf_reader` (tf).
+
+`extra_fields` (optional, both iterators): a function of one process's LOCAL host batch (numpy,
+including `index`) that returns more numpy fields for those rows, e.g. stored teacher outputs
+looked up by example index. Each must have the batch's rows as its leading axis; it becomes a
+global field with the batch's sharding. It must handle padding rows (index -1). With grain it
+runs on grain's reader threads (so it is prefetched with the batch and must be thread-safe).
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
+import numpy as np
 
 from jaxdistill.data import grain_reader, sampling, tf_reader
 from jaxdistill.data.source import DatasetInfo
 
 READERS = {"grain": grain_reader, "tf": tf_reader}
+
+ExtraFields = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def _adder(extra_fields: ExtraFields | None):
+    """The readers' `add_fields`: host batch -> the batch with `extra_fields`' fields added."""
+    if extra_fields is None:
+        return None
+
+    def add_fields(batch: dict) -> dict:
+        extra = extra_fields(dict(batch))
+        clash = sorted(set(extra) & set(batch))
+        if clash:
+            raise ValueError(f"extra_fields returned {clash}, which the batch already has")
+        rows = len(batch["index"])
+        out = dict(batch)
+        for name, value in extra.items():
+            value = np.asarray(value)
+            if value.ndim == 0 or value.shape[0] != rows:
+                raise ValueError(f"extra_fields: field '{name}' has shape {value.shape}; its "
+                                 f"leading axis must be the host batch's {rows} rows")
+            out[name] = value
+        return out
+
+    return add_fields
 
 
 class GlobalBatchIterator:
@@ -43,16 +75,18 @@ class GlobalBatchIterator:
 class EvalBatches:
     """One in-order pass over a split per `iter()`; `len()` is the number of global batches."""
 
-    def __init__(self, info: DatasetInfo, split, reader, global_batch_size, sharding):
+    def __init__(self, info: DatasetInfo, split, reader, global_batch_size, sharding,
+                 extra_fields: ExtraFields | None = None):
         self._args = (info, split, global_batch_size, jax.process_index(), jax.process_count())
         self._reader, self._sharding = READERS[reader], sharding
+        self._add_fields = _adder(extra_fields)
         self._len = sampling.num_eval_batches(info.splits[split], global_batch_size)
 
     def __len__(self) -> int:
         return self._len
 
     def __iter__(self) -> GlobalBatchIterator:
-        local = self._reader.eval_batches(*self._args)
+        local = self._reader.eval_batches(*self._args, add_fields=self._add_fields)
         return GlobalBatchIterator(local, self._sharding, self._args[2])
 
 
@@ -80,8 +114,10 @@ def make_train_iterator(
     seed: int,
     sharding: jax.sharding.NamedSharding,
     position: int = 0,
+    extra_fields: ExtraFields | None = None,
 ) -> GlobalBatchIterator:
-    """Endless shuffled global batches, starting at global batch `position`."""
+    """Endless shuffled global batches, starting at global batch `position`; `extra_fields`
+    adds fields computed from each local host batch (see the module doc)."""
     _validate(
         info, split, "config.data.train_split", reader, global_batch_size, "config.batch_size"
     )
@@ -91,7 +127,8 @@ def make_train_iterator(
             f"of {info.name}[{split}]"
         )
     local = READERS[reader].train_batches(
-        info, split, global_batch_size, seed, position, jax.process_index(), jax.process_count()
+        info, split, global_batch_size, seed, position, jax.process_index(), jax.process_count(),
+        add_fields=_adder(extra_fields),
     )
     return GlobalBatchIterator(local, sharding, global_batch_size, position)
 
@@ -103,9 +140,11 @@ def make_eval_iterator(
     reader: str,
     global_batch_size: int,
     sharding: jax.sharding.NamedSharding,
+    extra_fields: ExtraFields | None = None,
 ) -> EvalBatches:
-    """Every example of `split` once, in order, the last batch padded and masked."""
+    """Every example of `split` once, in order, the last batch padded and masked; `extra_fields`
+    adds fields computed from each local host batch (padding rows have index -1)."""
     _validate(
         info, split, "config.data.eval_split", reader, global_batch_size, "config.eval_batch_size"
     )
-    return EvalBatches(info, split, reader, global_batch_size, sharding)
+    return EvalBatches(info, split, reader, global_batch_size, sharding, extra_fields)

@@ -67,13 +67,20 @@ def _examples(builder, split: str, start: int):
     return ds.map(lambda ex: (ex["image"], ex["label"])).enumerate(start)
 
 
-def train_batches(info, split, global_batch_size, seed, position, process_index, process_count):
-    """This process's train batches `position`, `position + 1`, ... (endless)."""
+def _finish(add_fields):
+    return (lambda batch: batch) if add_fields is None else add_fields
+
+
+def train_batches(info, split, global_batch_size, seed, position, process_index, process_count,
+                  *, add_fields=None):
+    """This process's train batches `position`, `position + 1`, ... (endless);
+    `add_fields(host_batch) -> host_batch` (optional) adds fields to each."""
     builder = _tfrecord_builder(info)  # errors surface here, not at the first batch
     num_examples = info.splits[split]
     share, rows = num_examples // process_count, global_batch_size // process_count
     start = process_index * share
     per_epoch = sampling.batches_per_epoch(num_examples, global_batch_size)
+    finish = _finish(add_fields)
 
     def batches():
         epoch, skip = divmod(position, per_epoch)
@@ -82,20 +89,25 @@ def train_batches(info, split, global_batch_size, seed, position, process_index,
             ds = ds.shuffle(min(SHUFFLE_BUFFER, share), seed=sampling.epoch_seed(seed, epoch))
             ds = ds.batch(rows, drop_remainder=True).take(per_epoch).skip(skip)
             for index, (image, label) in _numpy(ds):
-                yield sampling.make_batch(image, label, index, rows)
+                yield finish(sampling.make_batch(image, label, index, rows))
             epoch, skip = epoch + 1, 0
 
     return batches()
 
 
-def eval_batches(info, split, global_batch_size, process_index, process_count):
-    """This process's rows of the in-order, padded global eval batches."""
+def eval_batches(info, split, global_batch_size, process_index, process_count, *,
+                 add_fields=None):
+    """This process's rows of the in-order, padded global eval batches (`add_fields` as
+    for `train_batches`)."""
     ds = _examples(_tfrecord_builder(info), split, 0).batch(global_batch_size)
     mine = sampling.process_rows(np.arange(global_batch_size), process_index, process_count)
+    finish = _finish(add_fields)
 
     def batches():
         for index, (image, label) in _numpy(ds):
             sel = mine[mine < len(index)]
-            yield sampling.make_batch(image[sel], label[sel], index[sel], len(mine), with_mask=True)
+            batch = sampling.make_batch(image[sel], label[sel], index[sel], len(mine),
+                                        with_mask=True)
+            yield finish(batch)
 
     return batches()

@@ -1,0 +1,36 @@
+"""The offline teacher store: a frozen teacher's outputs on a split, written once, read by index.
+
+KD without running the teacher every step. `jaxdistill.teacher_store` (the command) runs the
+teacher once over a split and writes, per example, its top-k logits, the log-sum-exp of all its
+logits (and of the logits outside the top k) and optionally named features, in ArrayRecord files
+addressable by example index. The trainer reads them back through the data layer's
+`extra_fields` hook (`TeacherStore.lookup`) and rebuilds dense teacher logits in the step
+(`dense_teacher_logits`). See `format` for the on-disk layout and the fingerprint.
+"""
+
+from jaxdistill.store.dense import dense_teacher_logits, teacher_outputs_from_batch
+from jaxdistill.store.format import (
+    FIELD_PREFIX,
+    TeacherStore,
+    check_config,
+    check_store,
+    expected_fingerprint,
+    expected_source,
+    fingerprint,
+    teacher_sha256,
+)
+from jaxdistill.store.writer import write_store
+
+__all__ = [
+    "FIELD_PREFIX",
+    "TeacherStore",
+    "check_config",
+    "check_store",
+    "dense_teacher_logits",
+    "expected_fingerprint",
+    "expected_source",
+    "fingerprint",
+    "teacher_outputs_from_batch",
+    "teacher_sha256",
+    "write_store",
+]
