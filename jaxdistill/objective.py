@@ -160,7 +160,7 @@ def _fn_fields(spec: TermSpec) -> tuple[set[str], set[str]]:
 
 
 def build_objective(objective_cfg: Mapping[str, Mapping[str, Any]], *,
-                    has_teacher: bool) -> Objective:
+                    has_teacher: bool, has_labels: bool = True) -> Objective:
     """Validates the config's terms and builds the `Objective`; raises a `ValueError` that
     names the offending field (`config.objective.<term>.<field>`)."""
     if not objective_cfg:
@@ -176,6 +176,9 @@ def build_objective(objective_cfg: Mapping[str, Mapping[str, Any]], *,
         if spec.needs_teacher and not has_teacher:
             raise ValueError(f"{where}: loss '{loss}' needs a teacher; set config.teacher.model "
                              "and config.teacher.checkpoint, or remove the term")
+        if spec.needs_labels and not has_labels:
+            raise ValueError(f"{where}: loss '{loss}' needs labels, but config.data.labeled is "
+                             "False; remove the term or train on a labelled split")
         weight = float(raw.get("weight", 1.0))
         if weight < 0:
             raise ValueError(f"{where}.weight must be >= 0, got {weight}")

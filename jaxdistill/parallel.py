@@ -5,10 +5,14 @@ parameters are created or restored straight into their layout and no full copy e
 sits on one device. Rules:
 
 - ``replicated``: every device holds the whole tensor (plain data parallelism).
-- ``fsdp``: each tensor is split along its largest dimension that the ``data`` axis
-  divides (ZeRO-3 style); tensors with no such dimension stay replicated.
+- ``fsdp``: each tensor is split along its largest dimension that the FSDP axis divides
+  (ZeRO-3 style); tensors with no such dimension stay replicated.
 - ``tensor``: weight matrices and conv kernels are split along their output (last)
-  dimension over the ``model`` axis when it divides it (Megatron-style column split).
+  dimension over the tensor axis when it divides it (Megatron-style column split).
+
+Mesh axes: ``data`` (always), optionally ``fsdp``, and a tensor axis named ``tensor`` or
+``model``. The batch is split over the data-like axes (``data`` and ``fsdp``); the FSDP
+rule uses ``fsdp`` when the mesh has it, else ``data``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
-MODEL_AXIS = "model"
+FSDP_AXIS = "fsdp"
+TENSOR_AXES = ("tensor", "model")
 RULES = ("replicated", "fsdp", "tensor")
 
 
@@ -32,9 +37,13 @@ def make_mesh(shape: Sequence[int], axes: Sequence[str], devices=None) -> Mesh:
     if len(shape) != len(axes):
         raise ValueError(f"config.mesh.shape {tuple(shape)} and config.mesh.axes {tuple(axes)} "
                          "must have the same length")
-    for required in (DATA_AXIS, MODEL_AXIS):
-        if required not in axes:
-            raise ValueError(f"config.mesh.axes {tuple(axes)} must include '{required}'")
+    if DATA_AXIS not in axes or not any(a in axes for a in TENSOR_AXES):
+        raise ValueError(f"config.mesh.axes {tuple(axes)} must include '{DATA_AXIS}' and a "
+                         f"tensor axis ({' or '.join(TENSOR_AXES)})")
+    unknown = sorted(set(axes) - {DATA_AXIS, FSDP_AXIS, *TENSOR_AXES})
+    if unknown or len(set(axes)) != len(axes):
+        raise ValueError(f"config.mesh.axes {tuple(axes)}: each of {DATA_AXIS}, {FSDP_AXIS}, "
+                         f"{' / '.join(TENSOR_AXES)} at most once, nothing else")
     if shape.count(-1) > 1:
         raise ValueError(f"config.mesh.shape {tuple(shape)}: at most one -1")
     known = int(np.prod([s for s in shape if s != -1]))
@@ -49,9 +58,19 @@ def make_mesh(shape: Sequence[int], axes: Sequence[str], devices=None) -> Mesh:
     return jax.make_mesh(tuple(shape), tuple(axes), axis_types=auto, devices=devices)
 
 
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    """The data-like mesh axes the batch is split over."""
+    return tuple(a for a in (DATA_AXIS, FSDP_AXIS) if a in mesh.axis_names)
+
+
+def batch_shards(mesh: Mesh) -> int:
+    """How many pieces the batch is split into (the product of the data-like axes)."""
+    return int(np.prod([mesh.shape[a] for a in batch_axes(mesh)]))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over the data axis; the rest replicated."""
-    return NamedSharding(mesh, P(DATA_AXIS))
+    """Leading (batch) axis split over the data-like axes; the rest replicated."""
+    return NamedSharding(mesh, P(batch_axes(mesh)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -60,16 +79,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def _spec(shape: tuple[int, ...], rule: str, mesh: Mesh) -> P:
     if rule == "fsdp" and shape:
-        size = mesh.shape[DATA_AXIS]
-        candidates = [d for d in np.argsort(shape)[::-1] if shape[d] % size == 0]
+        axis = FSDP_AXIS if FSDP_AXIS in mesh.axis_names else DATA_AXIS
+        size = mesh.shape[axis]
+        candidates = [d for d in np.argsort(shape, kind="stable")[::-1] if shape[d] % size == 0]
         if size > 1 and candidates:
             spec = [None] * len(shape)
-            spec[int(candidates[0])] = DATA_AXIS
+            spec[int(candidates[0])] = axis
             return P(*spec)
     if rule == "tensor" and len(shape) >= 2:
-        size = mesh.shape[MODEL_AXIS]
+        axis = next(a for a in TENSOR_AXES if a in mesh.axis_names)
+        size = mesh.shape[axis]
         if size > 1 and shape[-1] % size == 0:
-            return P(*([None] * (len(shape) - 1)), MODEL_AXIS)
+            return P(*([None] * (len(shape) - 1)), axis)
     return P()
 
 

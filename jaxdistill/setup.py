@@ -106,16 +106,17 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
             raise ValueError(f"config.data: split '{split}' is not in {config.data.name} "
                              f"(splits: {sorted(info.splits)})")
     mesh = parallel.make_mesh(config.mesh.shape, config.mesh.axes)
-    data_size = mesh.shape[parallel.DATA_AXIS]
+    data_size = parallel.batch_shards(mesh)
     for field in ("batch_size", "eval_batch_size"):
         if config[field] <= 0 or config[field] % data_size:
             raise ValueError(f"config.{field} ({config[field]}) must be a positive multiple of the "
-                             f"mesh's data axis size ({data_size})")
+                             f"mesh's data-like axes ({data_size} devices)")
     aug = augment.Augment(config.data.augment, int(config.data.augment_pixels),
                           tuple(config.data.mean), tuple(config.data.std))
 
     has_teacher = bool(config.teacher.model)
-    objective = build_objective(config.objective, has_teacher=has_teacher)
+    objective = build_objective(config.objective, has_teacher=has_teacher,
+                                has_labels=config.data.labeled)
     if has_teacher and not objective.needs_teacher:
         raise ValueError("config.objective has no term that uses the teacher; add e.g. "
                          "kd=dict(weight=1.0) or set config.teacher.model = ''")

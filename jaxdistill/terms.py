@@ -61,6 +61,7 @@ class TermOutput:
 class TermSpec:
     fn: Callable[..., Any]
     needs_teacher: bool = True
+    needs_labels: bool = False
     make_aux: Callable[..., tuple[Any, Any]] | None = None
     own_optimizer: bool = False  # aux params get `optax.adam(learning_rate, b1=0.5)`
 
@@ -201,13 +202,13 @@ def adversarial(v: Views, temperature: float = 1.0, hidden: tuple[int, ...] = (1
 
 
 TERMS: dict[str, TermSpec] = {
-    "ce": TermSpec(ce, needs_teacher=False),
+    "ce": TermSpec(ce, needs_teacher=False, needs_labels=True),
     "kd": TermSpec(kd),
     "fkl": TermSpec(fkl),
     "rkl": TermSpec(rkl),
     "jsd": TermSpec(jsd),
     "tvd": TermSpec(tvd),
-    "dkd": TermSpec(dkd),
+    "dkd": TermSpec(dkd, needs_labels=True),
     "hint": TermSpec(hint, make_aux=make_hint),
     "at": TermSpec(at),
     "sp": TermSpec(sp),

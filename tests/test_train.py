@@ -3,6 +3,7 @@ every bad input named in the docs, failing before anything is written."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import pytest
 from conftest import ROOT, load_config
 
 from jaxdistill import checkpoint, data, experiment
-from jaxdistill.setup import prepare_run
+from jaxdistill.setup import abstract_batch, prepare_run
 from jaxdistill.train import compile_steps, train_and_evaluate
 
 
@@ -148,13 +149,16 @@ def one_device(demo, tmp_path_factory):
         return _records(workdir), json.load(f)
 
 
-@pytest.mark.parametrize("mesh, student_rule, teacher_rule", [
-    ((-1, 1), "replicated", "replicated"),
-    ((4, 2), "fsdp", "tensor"),
-    ((2, 4), "tensor", "fsdp"),
+@pytest.mark.parametrize("mesh, axes, student_rule, teacher_rule", [
+    ((-1, 1), ("data", "model"), "replicated", "replicated"),
+    ((4, 2), ("data", "model"), "fsdp", "tensor"),
+    ((2, 4), ("data", "model"), "tensor", "fsdp"),
+    ((2, 2, 2), ("data", "fsdp", "tensor"), "fsdp", "tensor"),
 ])
-def test_eight_devices_equal_one(demo, one_device, tmp_path, mesh, student_rule, teacher_rule):
-    config = _kd_config(demo[0], **{"mesh.shape": mesh, "mesh.student_rule": student_rule,
+def test_eight_devices_equal_one(demo, one_device, tmp_path, mesh, axes, student_rule,
+                                 teacher_rule):
+    config = _kd_config(demo[0], **{"mesh.shape": mesh, "mesh.axes": axes,
+                                    "mesh.student_rule": student_rule,
                                     "mesh.teacher_rule": teacher_rule, "data.augment": "jitter"})
     summary = train_and_evaluate(config, str(tmp_path))
     records, reference = one_device
@@ -240,3 +244,27 @@ def test_tf_data_reader_runs_end_to_end(demo, tmp_path):
     summary = train_and_evaluate(_kd_config(demo[0], **{"data.reader": "tf"}), str(tmp_path))
     assert summary["steps"] == 12 and 0.0 <= summary["student_accuracy"] <= 1.0
     assert len(_records(tmp_path)) == 12 and np.isfinite([r["loss"] for r in _records(tmp_path)]).all()
+
+
+COLLECTIVE = re.compile(r"= (.*?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
+                        r"collective-permute)(-start)?\(")
+
+
+def test_data_parallel_step_all_reduces_student_gradients_only(demo):
+    """Compiled HLO of the replicated data-parallel step: its only collectives are
+    all-reduces, of exactly the student's gradients plus a few metric scalars; nothing of
+    the teacher's (no teacher gradient exists to be reduced)."""
+    setup = prepare_run(_kd_config(demo[0]))
+    train_fn, _ = compile_steps(setup)
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                        sharding=setup.batch_sharding),
+                         abstract_batch(setup.info, setup.config.batch_size))
+    hlo = train_fn.lower(setup.abstract_state, setup.teacher_abstract, batch).compile().as_text()
+    found = COLLECTIVE.findall(hlo)
+    assert found and {kind for _, kind, _ in found} == {"all-reduce"}
+    shapes = [tuple(sorted(int(d) for d in dims.split(",") if d))
+              for result, _, _ in found for dims in re.findall(r"\w+\[([\d,]*)\]", result)]
+    student = sorted(tuple(sorted(x.shape)) for x in
+                     jax.tree.leaves(setup.abstract_state.params["student"]))
+    assert sorted(s for s in shapes if s) == student
+    assert len([s for s in shapes if not s]) <= 8  # loss, term and metric scalars
