@@ -42,18 +42,22 @@ def dense_teacher_logits(values, indices, logsumexp, num_classes: int, *,
     if not 0 < k <= num_classes:
         raise ValueError(f"dense_teacher_logits: k={k} entries for {num_classes} classes")
     log_p = values - lse[..., None]  # exact log-probabilities of the top k
-    shape = (*values.shape[:-1], num_classes)
     if k == num_classes:
-        base = jnp.zeros(shape, jnp.float32)
+        each = jnp.zeros(lse.shape, jnp.float32)  # no tail: every class is set below
     else:
         if tail_logsumexp is not None:
             log_tail = jnp.asarray(tail_logsumexp, jnp.float32) - lse
         else:
             tail = -jnp.expm1(jax.nn.logsumexp(log_p, axis=-1))
             log_tail = jnp.log(jnp.maximum(tail, jnp.finfo(jnp.float32).tiny))
-        base = jnp.broadcast_to((log_tail - jnp.log(num_classes - k))[..., None], shape)
-    return jnp.put_along_axis(base, jnp.asarray(indices, jnp.int32), log_p, axis=-1,
-                              inplace=False)
+        each = log_tail - jnp.log(num_classes - k)
+
+    def row(log_p, indices, each):  # per example, so the batch keeps its sharding
+        return jnp.full((num_classes,), each).at[indices].set(log_p)
+    lead = values.shape[:-1]
+    dense = jax.vmap(row)(log_p.reshape(-1, k), jnp.asarray(indices, jnp.int32).reshape(-1, k),
+                          each.reshape(-1))
+    return dense.reshape(*lead, num_classes)
 
 
 def teacher_outputs_from_batch(batch: dict, num_classes: int):

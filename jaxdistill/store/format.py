@@ -35,7 +35,6 @@ FIELD_PREFIX = "teacher_"  # every field `lookup` returns starts with it
 FEATURE_PREFIX = FIELD_PREFIX + "feature_"
 _FIELDS = {"values": "teacher_topk_values", "indices": "teacher_topk_indices",
            "logsumexp": "teacher_logsumexp", "tail_logsumexp": "teacher_tail_logsumexp"}
-READER_OPTIONS = {"readahead_buffer_size": "0", "max_parallelism": "0"}  # random access
 GROUPS = {  # what a mismatch is reported as
     "teacher checkpoint": ("teacher_params_sha256",),
     "dataset/split": ("dataset", "split", "num_examples"),
@@ -87,13 +86,13 @@ def _store_field(config, store) -> str:
     return store if store is not None else str(config.teacher.get("store", "") or "")
 
 
-def check_config(config, store: str | None = None) -> None:
+def check_config(config, store: str | None = None, field: str = "config.teacher.store") -> None:
     """Refuses a store (`store`, or config.teacher.store) with random augmentation: stored
     outputs are the teacher's on un-augmented images only."""
     path = _store_field(config, store)
     if path and config.data.augment != "none":
         raise ValueError(
-            f"config.teacher.store='{path}' holds the teacher's outputs on un-augmented images, "
+            f"{field}='{path}' holds the teacher's outputs on un-augmented images, "
             f"which do not describe the randomly augmented ones of config.data.augment="
             f"'{config.data.augment}'; set config.data.augment='none' or run the teacher online "
             "(config.teacher.store='')")
@@ -119,7 +118,7 @@ class TeacherStore:
         self.features = {k: tuple(v) for k, v in self.meta["features"].items()}
         self.dtype = record_dtype(self.top_k, self.features)
         files = [os.path.join(self.path, name) for name in self.meta["files"]]
-        self._source = grain.sources.ArrayRecordDataSource(files, reader_options=READER_OPTIONS)
+        self._source = grain.sources.ArrayRecordDataSource(files)  # readers tuned for random access
         if len(self._source) != self.num_examples or self.dtype.itemsize != self.meta[
                 "record_bytes"]:
             raise ValueError(f"{field}='{self.path}' is damaged: {len(self._source)} records of "
@@ -136,6 +135,12 @@ class TeacherStore:
 
     def __len__(self) -> int:
         return self.num_examples
+
+    def abstract_fields(self, batch_size: int) -> dict:
+        """ShapeDtypeStructs of the fields `lookup` adds to a batch of `batch_size` rows."""
+        import jax
+        return {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype)
+                for k, v in self.padding(1).items()}
 
     def padding(self, rows: int) -> dict[str, np.ndarray]:
         """Fields for `rows` padding rows: a uniform teacher (all logits 0), zero features."""
@@ -183,7 +188,7 @@ def check_store(store: TeacherStore, config, teacher_params_sha256: str, *, info
                 split: str | None = None) -> None:
     """Raises ValueError naming `store.field` and each difference (teacher checkpoint,
     dataset/split, preprocessing, class count) unless `store` was written for this run."""
-    check_config(config, store.path)
+    check_config(config, store.path, store.field)
     expected = expected_source(config, teacher_params_sha256, info=info, split=split)
     diffs = []
     for group, keys in GROUPS.items():

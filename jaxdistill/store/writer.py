@@ -21,8 +21,16 @@ from jax.experimental import multihost_utils
 from jaxdistill import augment, checkpoint, data
 from jaxdistill.setup import prepare_run
 from jaxdistill.step import forward
-from jaxdistill.store.format import (FORMAT, META, VERSION, check_config, expected_source,
-                                     fingerprint, record_dtype, teacher_sha256)
+from jaxdistill.store.format import (
+    FORMAT,
+    META,
+    VERSION,
+    check_config,
+    expected_source,
+    fingerprint,
+    record_dtype,
+    teacher_sha256,
+)
 
 RECORDS_PER_FILE = 1 << 20
 WRITER_OPTIONS = "group_size:1"  # one record per chunk: random access by example index
@@ -70,7 +78,7 @@ def write_store(config, path: str, *, top_k: int = 0, features=(), split: str | 
     if not config.teacher.checkpoint:
         raise ValueError("config.teacher.checkpoint is empty; point it at the teacher run's "
                          "workdir")
-    check_config(config, path)
+    check_config(config, path, "--store")
     if "store" in config.teacher:  # the store being written cannot feed its own teacher
         with config.unlocked():
             config.teacher.store = ""

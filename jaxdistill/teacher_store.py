@@ -1,0 +1,64 @@
+"""Writes an offline teacher store: `python -m jaxdistill.teacher_store --config=configs/<run>.py
+--store=DIR [--top_k=K] [--features=stage3,embedding] [--split=SPLIT] [--config.x=y ...]`.
+
+Restores the config's teacher (config.teacher.model / kwargs / checkpoint / dtype), runs it once
+in eval mode, jitted and sharded like the trainer, without augmentation (normalisation only),
+over config.data.train_split (or --split) in index order, and writes per example its top-k
+logits (all classes with --top_k=0), the log-sum-exp of its logits and the named features to
+an ArrayRecord store in DIR (new or empty), addressable by example index. Process 0 writes;
+multi-process runs take main.py's --distributed flags.
+
+The library lives in `jaxdistill.store` (`TeacherStore`, `dense_teacher_logits`, `write_store`,
+the fingerprint checks); its names are also importable from here.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxdistill import distributed
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
+_STORE = flags.DEFINE_string("store", None, "Directory to write the store to (new or empty).")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Logits kept per example, largest first; 0 = all.")
+_FEATURES = flags.DEFINE_list("features", [], "Teacher features to store, by name.")
+_SPLIT = flags.DEFINE_string("split", None, "Split to run over; default config.data.train_split.")
+flags.mark_flags_as_required(["config", "store"])
+
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "off", distributed.MODES,
+                                 "As in jaxdistill.main: off | auto | explicit.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id.")
+
+
+def __getattr__(name):  # the library's names, imported lazily (JAX must not start before main)
+    from jaxdistill import store
+    if name in store.__all__:
+        return getattr(store, name)
+    raise AttributeError(f"module 'jaxdistill.teacher_store' has no attribute '{name}'")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        distributed.initialize(distributed.Settings(
+            mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value))
+    except (ValueError, RuntimeError) as e:
+        sys.exit(f"jaxdistill.teacher_store: error: {e}")
+    from jaxdistill.store import write_store  # after initialize
+    with distributed.fail_fast():
+        try:
+            write_store(_CONFIG.value, _STORE.value, top_k=_TOP_K.value,
+                        features=tuple(_FEATURES.value), split=_SPLIT.value)
+        except ValueError as e:
+            sys.exit(f"jaxdistill.teacher_store: error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)
