@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from jaxdistill.step import TrainState
+from jaxdistill.state import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
 

@@ -41,6 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher.num_classes = 0       # 0 = the dataset's class count
     c.teacher.checkpoint = ""       # workdir of a teacher run; '' with a teacher.model: train one into <workdir>/teacher
     c.teacher.dtype = "float32"     # 'bfloat16' stores and runs the frozen teacher in bf16
+    c.teacher.store = ""            # an offline teacher store (python -m jaxdistill.teacher_store): KD
+    # reads the teacher's outputs by example index instead of running the teacher
     c.teacher.train = ml_collections.ConfigDict()  # recipe used when the teacher must be trained here
     c.teacher.train.num_steps = 1000     # its optimizer steps
     c.teacher.train.learning_rate = 0.1  # its peak learning rate (other optimizer fields are shared)

@@ -49,7 +49,8 @@ def run(config, workdir: str) -> dict:
     before anything is trained or written."""
     workdir = os.path.abspath(workdir)
     config = copy.deepcopy(config)
-    trains_teacher = bool(config.teacher.model and not config.teacher.checkpoint)
+    trains_teacher = bool(config.teacher.model and not config.teacher.checkpoint
+                          and not config.teacher.store)
     stages = []  # (name, config, workdir)
     if trains_teacher:
         stages.append(("teacher", teacher_config(config), os.path.join(workdir, "teacher")))

@@ -15,17 +15,19 @@ import functools
 from typing import Any
 
 import jax
-import ml_collections
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from jaxdistill import augment, checkpoint, data, parallel
+from jaxdistill import store as store_lib
 from jaxdistill.models import build_model
 from jaxdistill.objective import MEAN, PRIMARY, Objective, build_objective
 from jaxdistill.optim import make_optimizer
-from jaxdistill.step import StepContext, TrainState, all_teacher_outputs, forward, train_step
+from jaxdistill.state import TrainState
+from jaxdistill.step import StepContext, all_teacher_outputs, forward, train_step
 from jaxdistill.terms import Views
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -43,7 +45,12 @@ class RunSetup:
     state_shardings: TrainState
     teacher_abstract: dict | None   # {'params', 'batch_stats'} ShapeDtypeStructs with shardings
     batch_sharding: NamedSharding
+    store: store_lib.TeacherStore | None = None  # the offline teacher store, if used
 
+    @property
+    def teacher_input_abstract(self) -> dict | None:
+        """The teacher variables the jitted step takes (none when reading a store)."""
+        return None if self.store is not None else self.teacher_abstract
     @property
     def objective(self) -> Objective:
         return self.ctx.objective
@@ -149,9 +156,11 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
             teacher_abstract = {**teacher_abstract, "others": others}
     elif config.extra_teachers:
         raise ValueError("config.extra_teachers needs a primary config.teacher.model")
+    teacher_store = _open_store(config) if has_teacher else None
 
-    views = _abstract_views(student_def, teacher_def, extra_defs, s_vars, teacher_abstract, info,
-                            config.batch_size)
+    ctx = StepContext(student_def, None if teacher_store else teacher_def, None, None, aug,
+                      extra_defs, info.num_classes if teacher_store else 0)
+    views = _abstract_views(ctx, s_vars, teacher_abstract, info, config.batch_size, teacher_store)
     objective.check_models(views)
     objective = objective.bind(views, num_data=info.splits[config.data.train_split])
     own = {t.name: float(dict(t.hparams).get("learning_rate", 1e-4))
@@ -170,13 +179,30 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
 
     abstract = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
     shardings = _state_shardings(abstract, mesh, config.mesh.student_rule)
-    ctx = StepContext(student_def, teacher_def, objective, tx, aug, extra_defs)
+    ctx = dataclasses.replace(ctx, objective=objective, tx=tx)
     batch_sh = parallel.batch_sharding(mesh)
     setup = RunSetup(config, info, mesh, ctx, schedule, init_state,
-                     _with_shardings(abstract, shardings), shardings, teacher_abstract, batch_sh)
-    jax.eval_shape(functools.partial(train_step, ctx), setup.abstract_state, teacher_abstract,
-                   abstract_batch(info, config.batch_size))
+                     _with_shardings(abstract, shardings), shardings, teacher_abstract, batch_sh,
+                     teacher_store)
+    jax.eval_shape(functools.partial(train_step, ctx), setup.abstract_state,
+                   setup.teacher_input_abstract, abstract_batch(info, config.batch_size,
+                                                                teacher_store))
     return setup
+
+
+def _open_store(config) -> store_lib.TeacherStore | None:
+    """The configured offline teacher store, checked against the config (its fingerprint
+    is checked against the teacher's parameters when the run restores them)."""
+    if not config.teacher.store:
+        return None
+    if config.extra_teachers:
+        raise ValueError("config.teacher.store holds one teacher's outputs; remove "
+                         "config.extra_teachers or run those teachers online")
+    if not config.teacher.checkpoint:
+        raise ValueError("config.teacher.store needs config.teacher.checkpoint: the store's "
+                         "fingerprint is checked against that teacher's parameters")
+    store_lib.check_config(config)
+    return store_lib.TeacherStore(config.teacher.store)
 
 
 def _teacher(t_cfg, field: str, info, mesh, rule: str):
@@ -195,25 +221,26 @@ def _teacher(t_cfg, field: str, info, mesh, rule: str):
     return graphdef, abstract
 
 
-def _abstract_views(student_def, teacher_def, extra_defs, student_vars, teacher_vars, info,
-                    batch_size):
+def _abstract_views(ctx: StepContext, student_vars, teacher_vars, info, batch_size,
+                    teacher_store):
     """Shapes of everything a loss term sees, from abstract forward passes."""
-    batch = abstract_batch(info, batch_size)
-    ctx = StepContext(student_def, teacher_def, None, None, None, extra_defs)
+    batch = abstract_batch(info, batch_size, teacher_store)
     s_logits, s_features, _ = jax.eval_shape(
-        lambda v, x: forward(student_def, v["params"], v["batch_stats"], x, train=False),
+        lambda v, x: forward(ctx.student_def, v["params"], v["batch_stats"], x, train=False),
         student_vars, batch["image"])
-    teachers = (jax.eval_shape(lambda t, x: all_teacher_outputs(ctx, t, x), teacher_vars,
-                               batch["image"]) if teacher_def is not None else {})
+    teachers = jax.eval_shape(lambda t, b: all_teacher_outputs(ctx, t, b["image"], b),
+                              None if teacher_store else teacher_vars, batch)
     t_logits, t_features = teachers.get(PRIMARY, (None, None))
     return Views(s_logits, s_features, t_logits, t_features, batch["label"], batch["index"],
                  teachers)
 
 
-def abstract_batch(info: data.DatasetInfo, batch_size: int) -> dict:
-    return {"image": jax.ShapeDtypeStruct((batch_size, *info.image_shape), jnp.float32),
-            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
-            "index": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+def abstract_batch(info: data.DatasetInfo, batch_size: int, teacher_store=None) -> dict:
+    """The train batch's fields (plus the store's, when the teacher comes from one)."""
+    batch = {"image": jax.ShapeDtypeStruct((batch_size, *info.image_shape), jnp.float32),
+             "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+             "index": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+    return {**batch, **(teacher_store.abstract_fields(batch_size) if teacher_store else {})}
 
 
 def model_cost(graphdef, abstract_vars, input_shape) -> tuple[int, float]:

@@ -15,28 +15,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx, struct
+from flax import nnx
 
 from jaxdistill import augment
 from jaxdistill.objective import PRIMARY, Objective
+from jaxdistill.state import TrainState
+from jaxdistill.store.dense import teacher_outputs_from_batch
 from jaxdistill.terms import Views
-
-
-class TrainState(struct.PyTreeNode):
-    """Everything a run carries from step to step (and checkpoints).
-
-    params: trainable pytree {'student': nnx.State, 'aux': {term: nnx.State}} (adapters,
-    embedding heads, discriminators of the objective); batch_stats: the student's
-    BatchNorm statistics; aux_state: the objective's running state {term: pytree} (e.g.
-    CRD's memory banks).
-    """
-
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    rng: jax.Array
-    aux_state: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +34,7 @@ class StepContext:
     tx: optax.GradientTransformation
     augment: augment.Augment
     extra_teacher_defs: Any = dataclasses.field(default_factory=dict)  # name -> graphdef
+    store_classes: int = 0  # > 0: the teacher's outputs come from the batch (offline store)
 
 
 def forward(graphdef, params, batch_stats, images, *, train: bool, rngs=None):
@@ -67,9 +53,12 @@ def teacher_outputs(ctx: StepContext, teacher, images):
     return jax.lax.stop_gradient((logits, features))
 
 
-def all_teacher_outputs(ctx: StepContext, teacher, images) -> dict:
+def all_teacher_outputs(ctx: StepContext, teacher, images, batch) -> dict:
     """{name: (logits, features)} of every teacher: the primary as 'teacher', then the
-    extra teachers (`teacher['others']`), all frozen and without gradient."""
+    extra teachers (`teacher['others']`), all frozen and without gradient; or the
+    primary's outputs read from the batch when they come from an offline store."""
+    if ctx.store_classes:
+        return {PRIMARY: teacher_outputs_from_batch(batch, ctx.store_classes)}
     if ctx.teacher_def is None:
         return {}
     outputs = {PRIMARY: teacher_outputs(ctx, teacher, images)}
@@ -90,7 +79,7 @@ def train_step(ctx: StepContext, state: TrainState, teacher, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     aug_rng, dropout_rng, term_rng = jax.random.split(rng, 3)
     images = augment.apply(ctx.augment, batch["image"], aug_rng, train=True)
-    teachers = all_teacher_outputs(ctx, teacher, images)
+    teachers = all_teacher_outputs(ctx, teacher, images, batch)
     t_logits, t_features = teachers.get(PRIMARY, (None, None))
 
     def loss_fn(params):

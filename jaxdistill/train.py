@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxdistill import checkpoint, data, parallel
+from jaxdistill import checkpoint, data, parallel, store
 from jaxdistill.metrics import MetricWriter, format_duration, progress_line
 from jaxdistill.preemption import PreemptionWatch
 from jaxdistill.setup import RunSetup, model_cost, prepare_run
@@ -23,8 +23,8 @@ SUMMARY = "summary.json"
 def compile_steps(setup: RunSetup):
     """The jitted train and eval steps with explicit shardings; the state is donated."""
     rep = parallel.replicated(setup.mesh)
-    teacher_sh = (jax.tree.map(lambda x: x.sharding, setup.teacher_abstract)
-                  if setup.teacher_abstract is not None else None)
+    teacher_sh = (jax.tree.map(lambda x: x.sharding, setup.teacher_input_abstract)
+                  if setup.teacher_input_abstract is not None else None)
     in_sh = (setup.state_shardings, teacher_sh, setup.batch_sharding)
     train_fn = jax.jit(functools.partial(train_step, setup.ctx), in_shardings=in_sh,
                        out_shardings=(setup.state_shardings, rep), donate_argnums=(0,))
@@ -35,12 +35,16 @@ def compile_steps(setup: RunSetup):
 
 def load_teachers(setup: RunSetup):
     """The primary teacher's variables (plus `others`: the extra teachers'), restored
-    once straight into their shardings; None without a teacher."""
+    once straight into their shardings; None without a teacher, and None with an offline
+    store, once the store's fingerprint has been checked against the teacher."""
     if setup.teacher_abstract is None:
         return None
     cfg, abstract = setup.config, setup.teacher_abstract
     primary = {k: abstract[k] for k in ("params", "batch_stats")}
     teacher = checkpoint.load_teacher(cfg.teacher.checkpoint, primary)
+    if setup.store is not None:
+        store.check_store(setup.store, cfg, store.teacher_sha256(teacher), info=setup.info)
+        return None
     if "others" in abstract:
         teacher["others"] = {name: checkpoint.load_teacher(cfg.extra_teachers[name].checkpoint, a)
                              for name, a in abstract["others"].items()}
@@ -112,7 +116,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         batches = data.make_train_iterator(
             setup.info, split=config.data.train_split, reader=config.data.reader,
             global_batch_size=config.batch_size, seed=config.seed,
-            sharding=setup.batch_sharding, position=position)
+            sharding=setup.batch_sharding, position=position,
+            extra_fields=setup.store.extra_fields if setup.store is not None else None)
         state, last_eval, timed_steps, elapsed = _loop(
             setup, train_fn, functools.partial(evaluate, setup, eval_fn), state, teacher,
             batches, ckpts, writer, watch, workdir)
@@ -193,7 +198,7 @@ def _summary(setup: RunSetup, workdir: str, state, result: dict, timed_steps: in
         "student_flops_per_example": flops,
         "student_params_sha256": checkpoint.params_sha256(state.params["student"]),
     }
-    if setup.teacher_abstract is not None:
+    if "teacher_accuracy" in result:
         t_params, t_flops = model_cost(setup.ctx.teacher_def, setup.teacher_abstract,
                                        setup.info.image_shape)
         summary.update(teacher_model=cfg.teacher.model, teacher_accuracy=result["teacher_accuracy"],

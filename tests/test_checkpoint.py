@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxdistill import checkpoint, parallel
 from jaxdistill.metrics import progress_line
-from jaxdistill.step import TrainState
+from jaxdistill.state import TrainState
 
 
 def _state(step, value, sharding):

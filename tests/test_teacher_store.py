@@ -3,6 +3,7 @@ dense logits from top-k entries against float64 NumPy, KD from a store against o
 fingerprint and augmentation refusals, and the data layer's `extra_fields` hook on 8 devices."""
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -336,3 +337,42 @@ def test_hook_with_the_tf_reader(full_store):
         np.testing.assert_array_equal(np.asarray(batch["teacher_logsumexp"])[real],
                                       whole["teacher_logsumexp"][index[real]])
     assert (~real).sum() == 3
+
+
+def _train_losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["split"] == "train"]
+
+
+def test_training_from_the_store_runs_without_the_teacher(kd_config, full_store, top3_store,
+                                                          tmp_path):
+    """The trainer reading a full-k store follows the online KD run step for step; a
+    top-3 store stays close. The jitted step takes no teacher variables."""
+    from jaxdistill.setup import prepare_run
+    base = _set(kd_config, baseline=False, log_every=1, num_steps=8)
+    online_summary = train_and_evaluate(base, str(tmp_path / "online"))
+    stored = _set(base, **{"teacher.store": full_store.path})
+    setup = prepare_run(stored)
+    assert setup.teacher_input_abstract is None and setup.ctx.teacher_def is None
+    store_summary = train_and_evaluate(stored, str(tmp_path / "store"))
+    online_losses = _train_losses(tmp_path / "online")
+    for key in ("loss", "ce", "kd"):
+        np.testing.assert_allclose([r[key] for r in _train_losses(tmp_path / "store")],
+                                   [r[key] for r in online_losses], rtol=1e-5, err_msg=key)
+    assert store_summary["student_accuracy"] == online_summary["student_accuracy"]
+    assert "teacher_accuracy" not in store_summary  # no teacher in memory to evaluate
+    top3 = train_and_evaluate(_set(base, **{"teacher.store": top3_store.path}),
+                              str(tmp_path / "top3"))
+    kd_gap = np.abs(np.array([r["kd"] for r in _train_losses(tmp_path / "top3")])
+                    - [r["kd"] for r in online_losses])
+    assert 0 < kd_gap.max() < 0.5 * max(r["kd"] for r in online_losses)
+    assert abs(top3["student_accuracy"] - online_summary["student_accuracy"]) < 0.2
+
+
+def test_store_run_refuses_a_store_for_another_teacher(kd_config, full_store, tmp_path):
+    other = str(tmp_path / "other_teacher")
+    train_and_evaluate(_set(experiment.teacher_config(kd_config), seed=5), other)
+    config = _set(kd_config, **{"baseline": False, "teacher.store": full_store.path,
+                                "teacher.checkpoint": other})
+    with pytest.raises(ValueError, match="teacher checkpoint"):
+        train_and_evaluate(config, str(tmp_path / "run"))

@@ -19,7 +19,16 @@ from jaxdistill.store.format import (
     fingerprint,
     teacher_sha256,
 )
-from jaxdistill.store.writer import write_store
+
+
+def __getattr__(name):
+    # The writer builds a whole run (setup, step); importing it lazily lets the step import
+    # the store's reading side without a cycle.
+    if name == "write_store":
+        from jaxdistill.store.writer import write_store
+        return write_store
+    raise AttributeError(name)
+
 
 __all__ = [
     "FIELD_PREFIX",
