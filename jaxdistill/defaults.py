@@ -71,5 +71,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.axes = ("data", "model")  # axis names; the batch is split over 'data'
     c.mesh.student_rule = "replicated"  # 'replicated' | 'fsdp' (over data) | 'tensor' (over model)
     c.mesh.teacher_rule = "replicated"  # same choices, set separately for the teacher
+    c.mesh.teacher_devices = 0      # N > 0: the teacher runs on the last N devices, its own mesh
     return c
 

@@ -46,6 +46,7 @@ class RunSetup:
     teacher_abstract: dict | None   # {'params', 'batch_stats'} ShapeDtypeStructs with shardings
     batch_sharding: NamedSharding
     store: store_lib.TeacherStore | None = None  # the offline teacher store, if used
+    teacher_mesh: Mesh | None = None  # the teacher's own devices (config.mesh.teacher_devices)
 
     @property
     def teacher_input_abstract(self) -> dict | None:
@@ -112,12 +113,12 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
         if split not in info.splits:
             raise ValueError(f"config.data: split '{split}' is not in {config.data.name} "
                              f"(splits: {sorted(info.splits)})")
-    mesh = parallel.make_mesh(config.mesh.shape, config.mesh.axes)
-    data_size = parallel.batch_shards(mesh)
+    mesh, teacher_mesh = _meshes(config)
+    data_size = np.lcm(parallel.batch_shards(mesh), parallel.batch_shards(teacher_mesh))
     for field in ("batch_size", "eval_batch_size"):
         if config[field] <= 0 or config[field] % data_size:
             raise ValueError(f"config.{field} ({config[field]}) must be a positive multiple of the "
-                             f"mesh's data-like axes ({data_size} devices)")
+                             f"meshes' data-like axes ({data_size} devices)")
     aug = augment.Augment(config.data.augment, int(config.data.augment_pixels),
                           tuple(config.data.mean), tuple(config.data.std))
 
@@ -137,7 +138,8 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
     teacher_def = teacher_abstract = None
     extra_defs = {}
     if has_teacher:
-        teacher_def, teacher_abstract = _teacher(config.teacher, "config.teacher", info, mesh,
+        teacher_def, teacher_abstract = _teacher(config.teacher, "config.teacher", info,
+                                                 teacher_mesh,
                                                  config.mesh.teacher_rule)
         if not config.teacher.checkpoint and teacher_checkpoint_required:
             raise ValueError("config.teacher.checkpoint is empty; point it at a teacher run's "
@@ -149,7 +151,8 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
             t_cfg = ml_collections.ConfigDict({"kwargs": {}, "dtype": "float32", "num_classes": 0,
                                                "checkpoint": "", **dict(raw)})
             extra_defs[name], others[name] = _teacher(
-                t_cfg, f"config.extra_teachers.{name}", info, mesh, config.mesh.teacher_rule)
+                t_cfg, f"config.extra_teachers.{name}", info, teacher_mesh,
+                config.mesh.teacher_rule)
             if not t_cfg.checkpoint:
                 raise ValueError(f"config.extra_teachers.{name}.checkpoint is empty")
         if others:
@@ -157,6 +160,9 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
     elif config.extra_teachers:
         raise ValueError("config.extra_teachers needs a primary config.teacher.model")
     teacher_store = _open_store(config) if has_teacher else None
+    if teacher_mesh is not mesh and not (has_teacher and teacher_store is None):
+        raise ValueError("config.mesh.teacher_devices needs a teacher that runs online "
+                         "(a teacher.model, and no teacher.store)")
 
     ctx = StepContext(student_def, None if teacher_store else teacher_def, None, None, aug,
                       extra_defs, info.num_classes if teacher_store else 0)
@@ -183,11 +189,29 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
     batch_sh = parallel.batch_sharding(mesh)
     setup = RunSetup(config, info, mesh, ctx, schedule, init_state,
                      _with_shardings(abstract, shardings), shardings, teacher_abstract, batch_sh,
-                     teacher_store)
+                     teacher_store, teacher_mesh)
     jax.eval_shape(functools.partial(train_step, ctx), setup.abstract_state,
                    setup.teacher_input_abstract, abstract_batch(info, config.batch_size,
                                                                 teacher_store))
     return setup
+
+
+def _meshes(config) -> tuple[Mesh, Mesh]:
+    """The student's mesh and the teacher's: the same one, or with
+    `config.mesh.teacher_devices = N` the last N devices as the teacher's own 1-D mesh
+    (its forward pass then overlaps the student's step through asynchronous dispatch)."""
+    devices, n = jax.devices(), int(config.mesh.teacher_devices)
+    if n == 0:
+        mesh = parallel.make_mesh(config.mesh.shape, config.mesh.axes)
+        return mesh, mesh
+    if not 0 < n < len(devices):
+        raise ValueError(f"config.mesh.teacher_devices must be in [0, {len(devices) - 1}], "
+                         f"got {n}")
+    if jax.process_count() > 1:
+        raise ValueError("config.mesh.teacher_devices: a teacher sub-mesh is single-process "
+                         "only for now; set it to 0 on multi-process runs")
+    return (parallel.make_mesh(config.mesh.shape, config.mesh.axes, devices[:-n]),
+            parallel.make_mesh((-1, 1), ("data", "model"), devices[-n:]))
 
 
 def _open_store(config) -> store_lib.TeacherStore | None:

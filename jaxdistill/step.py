@@ -74,12 +74,23 @@ def _agreement(student_logits, teacher_logits):
     return (jnp.argmax(student_logits, -1) == jnp.argmax(teacher_logits, -1)).astype(jnp.float32)
 
 
-def train_step(ctx: StepContext, state: TrainState, teacher, batch):
-    """One update of the student (and aux params) on `batch`; returns (state, metrics)."""
-    rng = jax.random.fold_in(state.rng, state.step)
-    aug_rng, dropout_rng, term_rng = jax.random.split(rng, 3)
-    images = augment.apply(ctx.augment, batch["image"], aug_rng, train=True)
-    teachers = all_teacher_outputs(ctx, teacher, images, batch)
+def _step_rngs(state_rng: jax.Array, step: jax.Array):
+    """(augmentation, dropout, loss-term) keys of one step."""
+    return jax.random.split(jax.random.fold_in(state_rng, step), 3)
+
+
+def teacher_step(ctx: StepContext, state_rng, step, teacher, batch):
+    """The step's augmented images and every teacher's outputs on them: the part of a
+    train step that can run ahead, on the teacher's own devices."""
+    images = augment.apply(ctx.augment, batch["image"], _step_rngs(state_rng, step)[0],
+                           train=True)
+    return images, all_teacher_outputs(ctx, teacher, images, batch)
+
+
+def student_update(ctx: StepContext, state: TrainState, images, teachers, batch):
+    """One update of the student (and aux params) from the step's augmented `images` and
+    the teachers' outputs on them; returns (state, metrics)."""
+    _, dropout_rng, term_rng = _step_rngs(state.rng, state.step)
     t_logits, t_features = teachers.get(PRIMARY, (None, None))
 
     def loss_fn(params):
@@ -106,7 +117,19 @@ def train_step(ctx: StepContext, state: TrainState, teacher, batch):
     return new_state, metrics
 
 
-def eval_step(ctx: StepContext, state: TrainState, teacher, batch):
+def train_step(ctx: StepContext, state: TrainState, teacher, batch):
+    """One step: teacher inference and the student's update in one program."""
+    images, teachers = teacher_step(ctx, state.rng, state.step, teacher, batch)
+    return student_update(ctx, state, images, teachers, batch)
+
+
+def teacher_eval_logits(ctx: StepContext, teacher, batch):
+    """The primary teacher's eval-mode logits on a batch, or None."""
+    images = augment.apply(ctx.augment, batch["image"], None, train=False)
+    return teacher_outputs(ctx, teacher, images)[0]
+
+
+def eval_sums(ctx: StepContext, state: TrainState, teacher_logits, batch):
     """Sums over the real (mask = 1) examples of a batch: student and teacher correct
     predictions, student-teacher top-1 agreement, and the example count."""
     images = augment.apply(ctx.augment, batch["image"], None, train=False)
@@ -115,8 +138,13 @@ def eval_step(ctx: StepContext, state: TrainState, teacher, batch):
     mask = batch["mask"]
     sums = {"count": jnp.sum(mask),
             "correct": jnp.sum(mask * (jnp.argmax(s_logits, -1) == batch["label"]))}
-    t_logits, _ = teacher_outputs(ctx, teacher, images)
-    if t_logits is not None:
-        sums["teacher_correct"] = jnp.sum(mask * (jnp.argmax(t_logits, -1) == batch["label"]))
-        sums["agree"] = jnp.sum(mask * _agreement(s_logits, t_logits))
+    if teacher_logits is not None:
+        sums["teacher_correct"] = jnp.sum(
+            mask * (jnp.argmax(teacher_logits, -1) == batch["label"]))
+        sums["agree"] = jnp.sum(mask * _agreement(s_logits, teacher_logits))
     return sums
+
+
+def eval_step(ctx: StepContext, state: TrainState, teacher, batch):
+    """`eval_sums` with the teacher run in the same program."""
+    return eval_sums(ctx, state, teacher_eval_logits(ctx, teacher, batch), batch)

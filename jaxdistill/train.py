@@ -15,13 +15,17 @@ from jaxdistill import checkpoint, data, parallel, store
 from jaxdistill.metrics import MetricWriter, format_duration, progress_line
 from jaxdistill.preemption import PreemptionWatch
 from jaxdistill.setup import RunSetup, model_cost, prepare_run
-from jaxdistill.step import eval_step, train_step
+from jaxdistill.step import (eval_step, eval_sums, student_update, teacher_eval_logits,
+                             teacher_step, train_step)
 
 SUMMARY = "summary.json"
 
 
 def compile_steps(setup: RunSetup):
-    """The jitted train and eval steps with explicit shardings; the state is donated."""
+    """The jitted train and eval steps with explicit shardings; the state is donated.
+    Both are called as `fn(state, teacher, batch)`."""
+    if setup.teacher_mesh is not setup.mesh:
+        return _submesh_steps(setup)
     rep = parallel.replicated(setup.mesh)
     teacher_sh = (jax.tree.map(lambda x: x.sharding, setup.teacher_input_abstract)
                   if setup.teacher_input_abstract is not None else None)
@@ -31,6 +35,40 @@ def compile_steps(setup: RunSetup):
     eval_fn = jax.jit(functools.partial(eval_step, setup.ctx), in_shardings=in_sh,
                       out_shardings=rep)
     return train_fn, eval_fn
+
+
+def _submesh_steps(setup: RunSetup):
+    """Train and eval steps with the teacher on its own devices: its program runs on the
+    teacher mesh, its outputs move to the student's devices, and since dispatch is
+    asynchronous the teacher's forward for the next batch overlaps the student's step."""
+    t_mesh, ctx = setup.teacher_mesh, setup.ctx
+    t_rep, t_batch = parallel.replicated(t_mesh), parallel.batch_sharding(t_mesh)
+    t_vars = jax.tree.map(lambda x: x.sharding, setup.teacher_abstract)
+    teacher_fn = jax.jit(functools.partial(teacher_step, ctx),
+                         in_shardings=(t_rep, t_rep, t_vars, t_batch), out_shardings=t_batch)
+    student_fn = jax.jit(functools.partial(student_update, ctx),
+                         in_shardings=(setup.state_shardings, setup.batch_sharding,
+                                       setup.batch_sharding, setup.batch_sharding),
+                         out_shardings=(setup.state_shardings, parallel.replicated(setup.mesh)),
+                         donate_argnums=(0,))
+    teacher_eval_fn = jax.jit(functools.partial(teacher_eval_logits, ctx),
+                              in_shardings=(t_vars, t_batch), out_shardings=t_batch)
+    eval_fn = jax.jit(functools.partial(eval_sums, ctx),
+                      in_shardings=(setup.state_shardings, setup.batch_sharding,
+                                    setup.batch_sharding),
+                      out_shardings=parallel.replicated(setup.mesh))
+
+    def train(state, teacher, batch):
+        rng, step = jax.device_put((state.rng, state.step), t_rep)
+        outputs = teacher_fn(rng, step, teacher, jax.device_put(batch, t_batch))
+        images, teachers = jax.device_put(outputs, setup.batch_sharding)
+        return student_fn(state, images, teachers, batch)
+
+    def evaluate_batch(state, teacher, batch):
+        logits = teacher_eval_fn(teacher, jax.device_put(batch, t_batch))
+        return eval_fn(state, jax.device_put(logits, setup.batch_sharding), batch)
+    train.jitted = (teacher_fn, student_fn)
+    return train, evaluate_batch
 
 
 def load_teachers(setup: RunSetup):

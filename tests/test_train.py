@@ -15,7 +15,8 @@ from conftest import ROOT, load_config
 
 from jaxdistill import checkpoint, data, experiment
 from jaxdistill.setup import abstract_batch, prepare_run
-from jaxdistill.train import compile_steps, train_and_evaluate
+from jaxdistill.step import forward, teacher_step
+from jaxdistill.train import compile_steps, load_teachers, train_and_evaluate
 
 
 def _cli(*args, devices=8, check=True):
@@ -149,17 +150,20 @@ def one_device(demo, tmp_path_factory):
         return _records(workdir), json.load(f)
 
 
-@pytest.mark.parametrize("mesh, axes, student_rule, teacher_rule", [
-    ((-1, 1), ("data", "model"), "replicated", "replicated"),
-    ((4, 2), ("data", "model"), "fsdp", "tensor"),
-    ((2, 4), ("data", "model"), "tensor", "fsdp"),
-    ((2, 2, 2), ("data", "fsdp", "tensor"), "fsdp", "tensor"),
+@pytest.mark.parametrize("mesh, axes, student_rule, teacher_rule, teacher_devices", [
+    ((-1, 1), ("data", "model"), "replicated", "replicated", 0),
+    ((4, 2), ("data", "model"), "fsdp", "tensor", 0),
+    ((2, 4), ("data", "model"), "tensor", "fsdp", 0),
+    ((2, 2, 2), ("data", "fsdp", "tensor"), "fsdp", "tensor", 0),
+    ((-1, 1), ("data", "model"), "replicated", "fsdp", 4),  # teacher on its own 4 devices
 ])
 def test_eight_devices_equal_one(demo, one_device, tmp_path, mesh, axes, student_rule,
-                                 teacher_rule):
+                                 teacher_rule, teacher_devices):
     config = _kd_config(demo[0], **{"mesh.shape": mesh, "mesh.axes": axes,
                                     "mesh.student_rule": student_rule,
-                                    "mesh.teacher_rule": teacher_rule, "data.augment": "jitter"})
+                                    "mesh.teacher_rule": teacher_rule,
+                                    "mesh.teacher_devices": teacher_devices,
+                                    "data.augment": "jitter"})
     summary = train_and_evaluate(config, str(tmp_path))
     records, reference = one_device
     ours = _records(tmp_path)
@@ -268,3 +272,42 @@ def test_data_parallel_step_all_reduces_student_gradients_only(demo):
                      jax.tree.leaves(setup.abstract_state.params["student"]))
     assert sorted(s for s in shapes if s) == student
     assert len([s for s in shapes if not s]) <= 8  # loss, term and metric scalars
+
+
+def test_teacher_submesh_uses_its_own_devices_and_compiles_once(demo):
+    setup = prepare_run(_kd_config(demo[0], **{"mesh.teacher_devices": 4}))
+    student_devices, teacher_devices = set(setup.mesh.devices.flat), set(
+        setup.teacher_mesh.devices.flat)
+    assert len(student_devices) == len(teacher_devices) == 4
+    assert not student_devices & teacher_devices
+    train_fn, _ = compile_steps(setup)
+    teacher = load_teachers(setup)
+    assert {d for x in jax.tree.leaves(teacher) for d in x.devices()} == teacher_devices
+    state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(jax.random.PRNGKey(0))
+    batches = data.make_train_iterator(setup.info, split="train", reader="grain",
+                                       global_batch_size=64, seed=0,
+                                       sharding=setup.batch_sharding)
+    for _ in range(3):
+        state, _ = train_fn(state, teacher, next(batches))
+    assert {d for x in jax.tree.leaves(state) for d in x.devices()} == student_devices
+    assert [f._cache_size() for f in train_fn.jitted] == [1, 1]
+    with pytest.raises(ValueError, match="config.mesh.teacher_devices must be in"):
+        prepare_run(_kd_config(demo[0], **{"mesh.teacher_devices": 8}))
+
+
+def test_student_mixed_precision_keeps_float32_params_and_optimizer_state(demo, tmp_path):
+    config = _kd_config(demo[0], **{"student.dtype": "bfloat16", "teacher.dtype": "bfloat16"})
+    setup = prepare_run(config)
+    teachers = jax.eval_shape(lambda s, t, b: teacher_step(setup.ctx, s.rng, s.step, t, b)[1],
+                              setup.abstract_state, setup.teacher_abstract,
+                              abstract_batch(setup.info, config.batch_size))
+    assert teachers["teacher"][1]["hidden1"].dtype == jnp.bfloat16  # computed in bf16
+    student = jax.eval_shape(lambda s, x: forward(setup.ctx.student_def, s.params["student"],
+                                                  s.batch_stats, x, train=True)[1],
+                             setup.abstract_state, abstract_batch(setup.info, 64)["image"])
+    assert student["hidden1"].dtype == jnp.bfloat16
+    for leaf in jax.tree.leaves((setup.abstract_state.params, setup.abstract_state.opt_state)):
+        assert leaf.dtype in (jnp.float32, jnp.int32), leaf
+    summary = train_and_evaluate(config, str(tmp_path))
+    assert np.isfinite([r["loss"] for r in _records(tmp_path)]).all()
+    assert 0 <= summary["student_accuracy"] <= 1
