@@ -15,8 +15,14 @@ from jaxdistill import checkpoint, data, parallel, store
 from jaxdistill.metrics import MetricWriter, format_duration, progress_line
 from jaxdistill.preemption import PreemptionWatch
 from jaxdistill.setup import RunSetup, model_cost, prepare_run
-from jaxdistill.step import (eval_step, eval_sums, student_update, teacher_eval_logits,
-                             teacher_step, train_step)
+from jaxdistill.step import (
+    eval_step,
+    eval_sums,
+    student_update,
+    teacher_eval_logits,
+    teacher_step,
+    train_step,
+)
 
 SUMMARY = "summary.json"
 
