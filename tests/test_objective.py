@@ -70,7 +70,7 @@ def test_several_teachers_mean_of_softened_probabilities_and_by_name():
     rng = np.random.default_rng(2)
     s, t1, t2 = (rng.normal(size=(5, 4)) for _ in range(3))
     labels = jnp.zeros(5, jnp.int32)
-    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    f32 = lambda x: jnp.asarray(x, jnp.float32)
     views = Views(f32(s), {}, f32(t1), {}, labels, None,
                   {"teacher": (f32(t1), {}), "second": (f32(t2), {})})
     objective = build_objective({"avg": {"loss": "kd", "temperature": 2.0, "teacher": "mean"},
