@@ -34,6 +34,7 @@ def get_config(arg=None):
     c.num_steps = 1000
     c.optimizer.learning_rate = 0.05
     c.optimizer.weight_decay = 5e-4
+    c.optimizer.grad_clip = 5.0  # the 8-16 channel student dies (all-ReLU-off) without it
     c.log_every = 200
     c.eval_every = c.checkpoint_every = 500
     terms = method_objective(method, hint_feature="stage2", map_feature="stage2")
@@ -53,5 +54,7 @@ def get_config(arg=None):
             terms["crd"]["num_negatives"] = 64
     elif size:
         raise ValueError(f"configs/mnist_methods.py: unknown size '{size}' (try '{method},tiny')")
+    if "dkd" in terms:  # DKD ramps its loss up, as its paper does (20 of 240 epochs)
+        terms["dkd"]["warmup_steps"] = c.num_steps // 10
     set_objective(c, terms)
     return c
