@@ -70,23 +70,29 @@ NOT_AVAILABLE = {"kd_offline": "no offline teacher store (precomputed teacher ou
                                "yet; nothing is measured for it"}
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("pairs", list(pairs_lib.PAIRS), f"pairs to measure: {list(pairs_lib.PAIRS)}")
-flags.DEFINE_list("modes", list(MODES), f"modes to measure: {list(MODES)}")
-flags.DEFINE_list("batch_sizes", ["128", "256"], "global batch sizes")
-flags.DEFINE_enum("dtype", "float32", list(DTYPES),
-                  "compute dtype of student and teacher (bfloat16: student compute and the "
-                  "teacher's params and compute in bf16; student params stay float32)")
-flags.DEFINE_integer("warmup", 3, "untimed steps after compilation")
-flags.DEFINE_integer("steps", 10, "steps per timed chunk (one host sync per chunk)")
-flags.DEFINE_integer("repeats", 7, "timed chunks; median and p10/p90 are taken over them")
-flags.DEFINE_integer("peak_size", 0, "N of the NxN peak-FLOP/s matmul (per data shard); "
-                     "0 = 2048 on CPU, 8192 on accelerators")
-flags.DEFINE_integer("seed", 0, "seed of the random parameters and synthetic batches")
-flags.DEFINE_string("out", "", "if set, writes <out>/throughput.json (rewritten after each "
-                    "pair and batch size, so an interrupted run keeps what it measured)")
-flags.DEFINE_string("table_from", "", "print the table of an existing throughput.json and exit")
-flags.DEFINE_bool("quick", False, "the mlp pair at batch 256, all modes (about a minute on CPU); "
-                  "flags given explicitly still apply")
+
+
+def define_flags() -> None:
+    """The command-line flags (defined by `main`'s caller only, so that importing this
+    module next to another benchmark defines nothing twice)."""
+    flags.DEFINE_list("pairs", list(pairs_lib.PAIRS), f"pairs to measure: {list(pairs_lib.PAIRS)}")
+    flags.DEFINE_list("modes", list(MODES), f"modes to measure: {list(MODES)}")
+    flags.DEFINE_list("batch_sizes", ["128", "256"], "global batch sizes")
+    flags.DEFINE_enum("dtype", "float32", list(DTYPES),
+                      "compute dtype of student and teacher (bfloat16: student compute and the "
+                      "teacher's params and compute in bf16; student params stay float32)")
+    flags.DEFINE_integer("warmup", 3, "untimed steps after compilation")
+    flags.DEFINE_integer("steps", 10, "steps per timed chunk (one host sync per chunk)")
+    flags.DEFINE_integer("repeats", 7, "timed chunks; median and p10/p90 are taken over them")
+    flags.DEFINE_integer("peak_size", 0, "N of the NxN peak-FLOP/s matmul (per data shard); "
+                         "0 = 2048 on CPU, 8192 on accelerators")
+    flags.DEFINE_integer("seed", 0, "seed of the random parameters and synthetic batches")
+    flags.DEFINE_string("out", "", "if set, writes <out>/throughput.json (rewritten after each "
+                        "pair and batch size, so an interrupted run keeps what it measured)")
+    flags.DEFINE_string("table_from", "", "print the table of an existing throughput.json and exit")
+    flags.DEFINE_bool("quick", False, "the mlp pair at batch 256, all modes (about a minute on CPU); "
+                      "flags given explicitly still apply")
+
 
 PEAK = "peak_matmul"  # the peak-FLOP/s program's name among a group's programs
 QUICK = {"pairs": ["mlp"], "batch_sizes": ["256"], "warmup": 2, "steps": 10, "repeats": 5}
@@ -499,4 +505,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
