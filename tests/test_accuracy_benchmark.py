@@ -1,0 +1,317 @@
+"""The accuracy benchmark end to end in its tiny mode (digits, 2 methods, 2 seeds, a few dozen
+steps, on the 8 host CPU devices of conftest): its JSON fields, its summaries recomputed here
+from its own per-seed records, the Markdown table and the PNG plots."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+METHODS = ("kd", "at")
+SEEDS = (0, 1)
+DIGITS_TEST = 360  # scikit-learn digits: the last 36 of each class
+RECORD_FIELDS = ("suite", "name", "role", "seed", "method", "workdir", "dataset", "model",
+                 "last_step", "last_accuracy", "best_step", "best_accuracy", "evals",
+                 "eval_examples", "errors", "per_class_accuracy", "agreement", "params",
+                 "flops_per_example", "examples_per_second", "teacher_workdir")
+ROW_FIELDS = ("name", "role", "n", "seeds", "last_accuracy_mean", "last_accuracy_std",
+              "best_accuracy_mean", "best_accuracy_std", "agreement_mean", "agreement_std",
+              "gap_closed_per_seed", "gap_closed_mean", "gap_closed_std", "gap_closed_of_means",
+              "per_class_accuracy_mean", "worst_classes", "params")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _bench(*args, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.accuracy", *args], check=False,
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("accuracy")
+    proc = _bench("--quick", "--suite=methods", f"--methods={','.join(METHODS)}",
+                  f"--seeds={len(SEEDS)}", "--steps_scale=0.5", f"--out={out}")
+    with open(out / "accuracy.json") as f:
+        result = json.load(f)
+    return result, out, proc.stdout
+
+
+def _hinton_records(suite, rng):
+    """Plausible records for the runs of a hinton suite plan (1,000 test examples, 100 a
+    class), shaped as `measure` writes them, without training anything."""
+    records = []
+    for run in suite.runs:
+        base = {"teacher": 0.95, "scratch": 0.90, "distilled": 0.93}[run.name]
+        correct = np.clip(rng.normal(100 * base, 2.0, 10).round(), 0, 100).astype(int)
+        last = float(correct.sum()) / 1000
+        records.append({
+            "suite": "hinton", "name": run.name, "role": run.role, "seed": run.seed,
+            "method": "distilled" if run.role == "student" else None,
+            "workdir": run.workdir, "external": False, "dataset": "mnist5k",
+            "model": run.config.student.model, "steps": run.config.num_steps,
+            "teacher_workdir": run.teacher.workdir if run.teacher else None,
+            "last_step": run.config.num_steps, "last_accuracy": last,
+            "best_step": run.config.num_steps // 2, "best_accuracy": last + 0.002,
+            "evals": [], "eval_examples": 1000, "errors": int(1000 - correct.sum()),
+            "accuracy_from_predictions": last,
+            "per_class_accuracy": [c / 100 for c in correct.tolist()],
+            "agreement": None if run.role == "teacher" else float(rng.uniform(0.9, 1.0)),
+            "agreement_from_run": None, "params": 3000 if run.role == "teacher" else 1000,
+            "flops_per_example": 2000.0, "examples_per_second": 1e4, "wall_s": 1.0})
+    return records
+
+
+@pytest.fixture(scope="module")
+def hinton(tmp_path_factory, tiny):
+    """The hinton suite's plan (3 seeds, each with its own teacher) with synthetic records,
+    summarised, rendered and plotted by the benchmark's own functions."""
+    sys.path.insert(0, ROOT)
+    from benchmarks import accuracy
+    out = tmp_path_factory.mktemp("hinton")
+    (suite,) = accuracy.build_suites("hinton", None, 3, out=str(out))
+    result = {k: v for k, v in tiny[0].items() if k not in ("suites", "plots", "throughput")}
+    result["suites"] = {"hinton": accuracy.suite_result(
+        suite, _hinton_records(suite, np.random.default_rng(0)))}
+    result = accuracy.finish_report(result, str(out), log=lambda _: None)
+    return suite, result, out
+
+
+def _std(values):
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _gap(student, scratch, teacher):
+    return (student - scratch) / (teacher - scratch) if teacher > scratch else None
+
+
+def _png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == PNG and head[12:16] == b"IHDR", path
+    return struct.unpack(">II", head[16:24])
+
+
+def test_records_have_every_run_and_field(tiny):
+    result, _, _ = tiny
+    assert set(result["suites"]) == {"methods"}
+    assert result["flags"]["seeds"] == len(SEEDS) and result["environment"]["device_count"] == 8
+    methods = result["suites"]["methods"]["runs"]
+    # one shared teacher (seed 0), then per seed: scratch + each method
+    assert [(r["name"], r["seed"]) for r in methods] == [("teacher", 0)] + [
+        (n, s) for s in SEEDS for n in ("scratch", *METHODS)]
+    for r in methods:
+        for field in RECORD_FIELDS:
+            assert field in r, (r["name"], field)
+        assert r["dataset"] == "digits" and r["eval_examples"] == DIGITS_TEST
+        assert len(r["per_class_accuracy"]) == 10
+        assert r["last_step"] == r["steps"] == r["evals"][-1]["step"]
+        assert r["best_accuracy"] == max(e["accuracy"] for e in r["evals"]) >= r["last_accuracy"]
+        # the restored final student scores exactly what the run's last eval recorded
+        assert r["accuracy_from_predictions"] == pytest.approx(r["last_accuracy"], abs=1e-12)
+        assert r["errors"] == round((1 - r["last_accuracy"]) * DIGITS_TEST)
+        # balanced classes (36 each): the per-class accuracies average to the accuracy
+        assert np.mean(r["per_class_accuracy"]) == pytest.approx(r["last_accuracy"], abs=1e-9)
+        if r["role"] == "teacher":
+            assert r["agreement"] is None
+        else:
+            assert 0 <= r["agreement"] <= 1
+        if r["role"] == "student":  # the trainer's eval computed the same agreement
+            assert r["agreement"] == pytest.approx(r["agreement_from_run"], abs=1e-9)
+    teacher = methods[0]
+    assert all(r["teacher_workdir"] == teacher["workdir"] for r in methods[1:])
+    assert teacher["params"] > methods[1]["params"]
+
+
+@pytest.mark.parametrize("suite", ["methods", "hinton"])
+def test_summaries_match_the_per_seed_records(tiny, hinton, suite):
+    s = (hinton[1] if suite == "hinton" else tiny[0])["suites"][suite]
+    runs, rows = s["runs"], {r["name"]: r for r in s["rows"]}
+    names = ["teacher", "scratch", *(METHODS if suite == "methods" else ["distilled"])]
+    assert [r["name"] for r in s["rows"]] == names
+    teachers = {r["workdir"]: r for r in runs if r["role"] == "teacher"}
+    scratch = {r["seed"]: r for r in runs if r["name"] == "scratch"}
+    seeds = len(SEEDS) if suite == "methods" else 3
+    for name in names:
+        row, recs = rows[name], [r for r in runs if r["name"] == name]
+        for field in ROW_FIELDS:
+            assert field in row, (name, field)
+        shared = name == "teacher" and suite == "methods"
+        assert row["n"] == len(recs) == (1 if shared else seeds)
+        for field in ("last_accuracy", "best_accuracy", "errors"):
+            values = [r[field] for r in recs]
+            assert row[f"{field}_mean"] == pytest.approx(np.mean(values), abs=1e-12)
+            assert row[f"{field}_std"] == pytest.approx(_std(values), abs=1e-12)
+        if name == "teacher":
+            assert row["agreement_mean"] is None and row["gap_closed_of_means"] is None
+            continue
+        agreement = [r["agreement"] for r in recs]
+        assert row["agreement_mean"] == pytest.approx(np.mean(agreement), abs=1e-12)
+        assert row["agreement_std"] == pytest.approx(_std(agreement), abs=1e-12)
+        # per-class: the mean over seeds, and the classes lost most against each seed's teacher
+        per_class = np.mean([r["per_class_accuracy"] for r in recs], 0)
+        np.testing.assert_allclose(row["per_class_accuracy_mean"], per_class, atol=1e-12)
+        diff = np.mean([np.subtract(r["per_class_accuracy"],
+                                    teachers[r["teacher_workdir"]]["per_class_accuracy"])
+                        for r in recs], 0)
+        worst = row["worst_classes"]
+        lost = [int(c) for c in np.argsort(diff, kind="stable") if diff[c] < 0][:3]
+        assert [w["class"] for w in worst] == lost
+        for w in worst:
+            assert w["difference"] == pytest.approx(diff[w["class"]], abs=1e-12)
+            assert w["student"] == pytest.approx(per_class[w["class"]], abs=1e-12)
+        if name == "scratch":
+            assert row["gap_closed_of_means"] is None and row["gap_closed_per_seed"] == []
+            continue
+        # the gap: each seed against its scratch student and its teacher, and of the means
+        triples = [(r["last_accuracy"], scratch[r["seed"]]["last_accuracy"],
+                    teachers[r["teacher_workdir"]]["last_accuracy"]) for r in recs]
+        per_seed = [_gap(*t) for t in triples]
+        assert len(row["gap_closed_per_seed"]) == len(per_seed)
+        for got, want in zip(row["gap_closed_per_seed"], per_seed):
+            assert got == want if want is None else got == pytest.approx(want, abs=1e-12)
+        valid = [g for g in per_seed if g is not None]
+        if valid:
+            assert row["gap_closed_mean"] == pytest.approx(np.mean(valid), abs=1e-12)
+            assert row["gap_closed_std"] == pytest.approx(_std(valid), abs=1e-12)
+        else:
+            assert row["gap_closed_mean"] is None
+        want = _gap(*np.mean(triples, 0))
+        if want is None:
+            assert row["gap_closed_of_means"] is None
+        else:
+            assert row["gap_closed_of_means"] == pytest.approx(want, abs=1e-12)
+
+
+def test_markdown_lists_every_model(tiny):
+    result, out, stdout = tiny
+    md = (out / "accuracy.md").read_text()
+    assert md.strip() in stdout  # the tables printed are the file written
+    table_rows = [line for line in md.splitlines() if line.startswith("| ")]
+    for name in (*METHODS, "teacher (cnn)", "scratch (cnn)"):
+        assert any(line.startswith(f"| {name} |") for line in table_rows), name
+    for c in range(10):  # the per-class table
+        assert any(line.startswith(f"| {c} |") for line in table_rows), c
+    assert "throughput plot skipped" in md
+    assert any("throughput plot skipped" in n for n in result["notes"])
+
+
+def test_plots_are_valid_pngs(tiny):
+    result, out, _ = tiny
+    assert set(result["plots"]) == {"methods_accuracy", "methods_accuracy_vs_params"}
+    for name in result["plots"].values():
+        width, height = _png_size(out / name)
+        assert width > 200 and height > 200
+    assert not (out / "throughput.png").exists()
+
+
+def test_hinton_plan_and_report(hinton):
+    suite, result, out = hinton
+    # each seed: its own teacher (configs/mnist_kd.py), the scratch student, the distilled one
+    assert [(r.name, r.seed) for r in suite.runs] == [
+        (n, s) for s in range(3) for n in ("teacher", "scratch", "distilled")]
+    for teacher, scratch, distilled in zip(*[iter(suite.runs)] * 3):
+        assert teacher.config.student.model == "mlp_teacher"
+        assert teacher.config.seed == scratch.config.seed == distilled.config.seed
+        assert teacher.config.data.augment == "jitter" and teacher.config.data.augment_pixels == 2
+        assert scratch.config.student.model == distilled.config.student.model == "mlp_student"
+        assert scratch.config.objective.to_dict() == {"ce": {"weight": 1.0}}
+        assert distilled.config.objective.kd.temperature == 20.0
+        assert distilled.config.teacher.checkpoint == teacher.workdir
+        assert distilled.config.data.name == "mnist5k"
+    s = result["suites"]["hinton"]
+    pub = s["published"]
+    assert (pub["teacher_errors"], pub["scratch_errors"], pub["distilled_errors"]) == (67, 146, 74)
+    assert pub["test_examples"] == 10_000
+    assert pub["gap_closed"] == pytest.approx(72 / 79)
+    md = (out / "accuracy.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    for name, published in (("teacher (mlp_teacher)", 67), ("scratch (mlp_student)", 146),
+                            ("distilled (mlp_student)", 74)):
+        line = next(r for r in rows if r.startswith(f"| {name} |"))
+        assert f"| {published} | {published / 100:.2f} |" in line
+    assert "Published gap closed: 91.1%" in md
+    for seed in range(3):
+        assert any(r.startswith(f"| seed {seed} |") for r in rows)
+    assert set(result["plots"]) == {"hinton_accuracy", "hinton_accuracy_vs_params",
+                                    "hinton_errors"}
+    for name in result["plots"].values():
+        _png_size(out / name)
+
+
+def test_report_adds_the_throughput_plot(tiny, tmp_path):
+    """What `--report_only --throughput_json=...` does, in process."""
+    sys.path.insert(0, ROOT)
+    from benchmarks import accuracy
+    result, _, _ = tiny
+    records = [{"pair": "mlp", "mode": m, "batch_size": b, "dtype": "float32",
+                "teacher": "mlp_teacher", "student": "mlp_student", "devices": 8,
+                "device_kind": "cpu", "examples_per_second": float(e)}
+               for b in (32, 64) for m, e in (("student", 900), ("teacher_forward", 1500),
+                                              ("kd_online", 500), ("feature", 450))]
+    path = tmp_path / "throughput.json"
+    path.write_text(json.dumps(records))
+    report = tmp_path / "report"
+    report.mkdir()
+    accuracy.finish_report(json.loads(json.dumps(result)), str(report), str(path),
+                           log=lambda _: None)
+    with open(report / "accuracy.json") as f:
+        again = json.load(f)
+    assert again["throughput"]["records"] == records
+    assert again["plots"]["throughput"] == "throughput.png"
+    _png_size(report / "throughput.png")
+    assert not any("throughput plot skipped" in n for n in again["notes"])
+    assert again["suites"] == result["suites"]
+
+
+def test_bad_arguments_and_the_cifar100_plan(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks import accuracy
+    with pytest.raises(ValueError, match="unknown method 'kdd'"):
+        accuracy.build_suites("methods", ["kdd"], 1, out=str(tmp_path))
+    with pytest.raises(ValueError, match="--seeds"):
+        accuracy.build_suites("methods", None, 0, out=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown suite"):
+        accuracy.build_suites("nope", None, 1, out=str(tmp_path))
+    with pytest.raises(ValueError, match="teacher_checkpoint"):
+        accuracy.build_suites("hinton", None, 1, out=str(tmp_path), teacher_checkpoint="/x")
+
+    data_dir = str(tmp_path / "tfds")
+    (suite,) = accuracy.build_suites("cifar100", None, 2, out=str(tmp_path), data_dir=data_dir,
+                                     scale=0.001)
+    teacher = suite.runs[0]
+    assert teacher.name == "teacher" and teacher.config.student.model == "resnet32x4"
+    assert teacher.config.teacher.model == ""
+    assert teacher.config.num_steps == round(240 * 50_000 // 64 * 0.001)
+    students = [r for r in suite.runs if r.role == "student"]
+    assert [r.name for r in students] == list(accuracy.CIFAR100_METHODS) * 2
+    for r in suite.runs:
+        assert r.config.data.name == "cifar100" and r.config.data.data_dir == data_dir
+    for r in students:
+        assert r.config.student.model == "resnet8x4" and r.config.teacher.model == "resnet32x4"
+        assert r.config.teacher.checkpoint == teacher.workdir
+    dkd = next(r for r in students if r.name == "dkd")
+    assert dkd.config.objective.dkd.warmup_steps == round(20 * 50_000 // 64 * 0.001)
+    assert suite.published["crd"] == 75.51 and suite.published["teacher"] == 79.42
+    # nothing is downloaded: an unprepared cifar100 is refused before anything trains
+    with pytest.raises(ValueError, match="tfds build cifar100"):
+        accuracy.validate([suite])
+
+
+def test_a_run_dir_of_another_config_is_refused(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks import accuracy
+    (a,) = accuracy.build_suites("hinton", None, 1, quick=True, out=str(tmp_path))
+    (b,) = accuracy.build_suites("hinton", None, 1, quick=True, out=str(tmp_path),
+                                 scale=0.5)
+    accuracy._check_run_dir(a.runs[0])
+    accuracy._check_run_dir(a.runs[0])  # same config: reused
+    assert os.path.exists(os.path.join(a.runs[0].workdir, accuracy.RUN_CONFIG))
+    with pytest.raises(ValueError, match="different config.*num_steps"):
+        accuracy._check_run_dir(b.runs[0])
