@@ -66,8 +66,8 @@ else:  # python benchmarks/throughput.py
     import pairs as pairs_lib
 
 MODES = ("student", "teacher_forward", "kd_online", "feature", "kd_offline")
-NOT_AVAILABLE = {"kd_offline": "no offline teacher store (precomputed teacher outputs) exists "
-                               "yet; nothing is measured for it"}
+NOT_AVAILABLE = {"kd_offline": "KD from an offline teacher store (jaxdistill.teacher_store) has "
+                               "no builder in this benchmark yet; nothing is measured for it"}
 
 FLAGS = flags.FLAGS
 
