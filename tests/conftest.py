@@ -14,6 +14,17 @@ os.environ.setdefault("JAXDISTILL_DATA_DIR", tempfile.mkdtemp(prefix="jaxdistill
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def set_fields(config, **fields):
+    """Sets dotted fields ("optimizer.schedule") of a locked config in place; returns it."""
+    for key, value in fields.items():
+        node = config
+        *path, leaf = key.split(".")
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
 def load_config(name: str, arg: str | None = None):
     """`get_config(arg)` of configs/<name>.py, locked as the CLI locks it."""
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))

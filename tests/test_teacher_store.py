@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, load_config
+from conftest import ROOT, load_config, set_fields
 from flax import nnx
 
 from jaxdistill import checkpoint, data, experiment, parallel
@@ -34,15 +34,10 @@ N = 1437  # digits train examples
 
 
 def _set(config, **fields):
+    """A copy of `config` with dotted fields set (new fields allowed)."""
     config = copy.deepcopy(config)
     with config.unlocked():
-        for key, value in fields.items():
-            node = config
-            *path, leaf = key.split(".")
-            for p in path:
-                node = node[p]
-            node[leaf] = value
-    return config
+        return set_fields(config, **fields)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, load_config
+from conftest import ROOT, load_config, set_fields
 
 from jaxdistill import checkpoint, data, experiment
 from jaxdistill.setup import abstract_batch, prepare_run
@@ -48,13 +48,7 @@ def _kd_config(teacher_dir, **overrides):
     config.teacher.checkpoint = os.path.join(teacher_dir, "teacher")
     config.baseline = False
     config.log_every = 1
-    for key, value in overrides.items():
-        node = config
-        *path, leaf = key.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return set_fields(config, **overrides)
 
 
 def test_demo_writes_summary_table_metrics_and_checkpoints(demo):
@@ -174,17 +168,23 @@ def test_eight_devices_equal_one(demo, one_device, tmp_path, mesh, axes, student
         assert summary[key] == pytest.approx(reference[key], abs=1e-9)
 
 
-def test_step_traces_once_and_leaves_the_teacher_alone(demo):
-    setup = prepare_run(_kd_config(demo[0]))
-    train_fn, _ = compile_steps(setup)
-    teacher = checkpoint.load_teacher(setup.config.teacher.checkpoint, setup.teacher_abstract)
-    before = jax.tree.map(np.array, teacher)
+def _three_steps(setup, train_fn, teacher):
+    """A fresh state after three train steps on real batches."""
     state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(jax.random.PRNGKey(0))
     batches = data.make_train_iterator(setup.info, split="train", reader="grain",
                                        global_batch_size=64, seed=0,
                                        sharding=setup.batch_sharding)
     for _ in range(3):
         state, _ = train_fn(state, teacher, next(batches))
+    return state
+
+
+def test_step_traces_once_and_leaves_the_teacher_alone(demo):
+    setup = prepare_run(_kd_config(demo[0]))
+    train_fn, _ = compile_steps(setup)
+    teacher = checkpoint.load_teacher(setup.config.teacher.checkpoint, setup.teacher_abstract)
+    before = jax.tree.map(np.array, teacher)
+    state = _three_steps(setup, train_fn, teacher)
     assert train_fn._cache_size() == 1
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, teacher), before)
     assert int(state.step) == 3
@@ -283,12 +283,7 @@ def test_teacher_submesh_uses_its_own_devices_and_compiles_once(demo):
     train_fn, _ = compile_steps(setup)
     teacher = load_teachers(setup)
     assert {d for x in jax.tree.leaves(teacher) for d in x.devices()} == teacher_devices
-    state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(jax.random.PRNGKey(0))
-    batches = data.make_train_iterator(setup.info, split="train", reader="grain",
-                                       global_batch_size=64, seed=0,
-                                       sharding=setup.batch_sharding)
-    for _ in range(3):
-        state, _ = train_fn(state, teacher, next(batches))
+    state = _three_steps(setup, train_fn, teacher)
     assert {d for x in jax.tree.leaves(state) for d in x.devices()} == student_devices
     assert [f._cache_size() for f in train_fn.jitted] == [1, 1]
     with pytest.raises(ValueError, match="config.mesh.teacher_devices must be in"):
