@@ -55,9 +55,6 @@ class RunCheckpoints:
         self.manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
                                              item_handlers=_handlers(), options=options)
 
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
     def save(self, state: TrainState, position: int, metrics: dict | None = None) -> None:
         """Starts an asynchronous save of `state` at its step; `metrics` ranks it for 'best'."""
         step = int(jax.device_get(state.step))

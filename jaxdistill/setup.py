@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 from jaxdistill import augment, checkpoint, data, parallel
 from jaxdistill import store as store_lib
 from jaxdistill.models import build_model
-from jaxdistill.objective import MEAN, PRIMARY, Objective, build_objective
+from jaxdistill.objective import MEAN, PRIMARY, build_objective
 from jaxdistill.optim import make_optimizer
 from jaxdistill.state import TrainState
 from jaxdistill.step import StepContext, all_teacher_outputs, forward, train_step
@@ -52,9 +52,6 @@ class RunSetup:
     def teacher_input_abstract(self) -> dict | None:
         """The teacher variables the jitted step takes (none when reading a store)."""
         return None if self.store is not None else self.teacher_abstract
-    @property
-    def objective(self) -> Objective:
-        return self.ctx.objective
 
 
 def _dtype(value: str, field: str):
