@@ -36,7 +36,7 @@ Run directories are reused: a finished run is restored and re-measured, not retr
 run directory made with a different config is refused (use a fresh --out).
 
 Usage (from the repository root):
-  python -m benchmarks.accuracy --quick --out=/tmp/acc_quick     # digits, 2 seeds, ~1-2 min on CPU
+  python -m benchmarks.accuracy --quick --out=/tmp/acc_quick     # digits, 2 seeds, ~1 min on CPU
   python -m benchmarks.accuracy --suite=methods --seeds=1 --out=/tmp/acc       # every method
   python -m benchmarks.accuracy --suite=hinton --seeds=3 --out=/tmp/acc_hinton
   python -m benchmarks.accuracy --suite=methods --methods=kd,dkd,crd --steps_scale=0.5 --out=DIR
@@ -108,7 +108,7 @@ def define_flags() -> None:
                       f"{','.join(CIFAR100_METHODS)}; --quick: {','.join(QUICK_METHODS)})")
     flags.DEFINE_integer("seeds", 5, "number of seeds; seed i = 0..n-1")
     flags.DEFINE_bool("quick", False, f"tiny mode: digits, a few dozen steps, {QUICK_SEEDS} "
-                      f"seeds, methods {','.join(QUICK_METHODS)} (about 2 minutes on 2 CPU "
+                      f"seeds, methods {','.join(QUICK_METHODS)} (about a minute on 2 CPU "
                       "cores); flags given explicitly still apply")
     flags.DEFINE_string("out", "", "output directory (required): accuracy.json, accuracy.md, "
                         "the plots, and the runs' work dirs under <out>/runs/")

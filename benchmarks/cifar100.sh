@@ -21,7 +21,8 @@
 # STEPS_SCALE (default 1.0; e.g. 0.01 for a smoke test of the whole pipeline), TEACHER (the
 # workdir of a finished resnet32x4 teacher run to reuse instead of training one),
 # THROUGHPUT_JSON (a benchmarks/throughput.py output to plot beside), ALLOW_CPU=1 (run without
-# an accelerator: only sensible with a tiny STEPS_SCALE).
+# an accelerator: only sensible with a tiny STEPS_SCALE). Exit status: 0 done, 75 stopped by a
+# preemption notice (SIGTERM; rerun to resume), 2 bad arguments or no accelerator, else failed.
 set -uo pipefail
 
 usage="usage: benchmarks/cifar100.sh TFDS_DATA_DIR OUTDIR   (or TFDS_DIR=... benchmarks/cifar100.sh OUTDIR)"
@@ -69,6 +70,12 @@ args=(--suite=cifar100 --data_dir="$DATA" --out="$OUT" --seeds="${SEEDS:-1}"
 
 "$PY" -m benchmarks.accuracy "${args[@]}" 2>&1 | tee "$OUT/cifar100.log"
 rc=${PIPESTATUS[0]}
+if [[ $rc -eq 0 ]] && grep -q "^stopped during" "$OUT/cifar100.log"; then
+  # a preemption notice (SIGTERM): the run in progress saved a checkpoint and the benchmark
+  # stopped; exit 75 (EX_TEMPFAIL) so that a scheduler or a loop reruns the same command
+  echo "stopped by a preemption notice: rerun the same command to resume"
+  rc=75
+fi
 if [[ $rc -ne 0 ]]; then
   echo "benchmark exited with status $rc; see $OUT/cifar100.log"
   if [[ -s "$OUT/accuracy.md" ]]; then

@@ -30,6 +30,11 @@ def _pyplot():
     return plt
 
 
+def _over(suite: dict) -> str:
+    n = len(suite["seeds"])
+    return f"mean ± sample std over {n} seeds" if n > 1 else "1 seed (no error bars)"
+
+
 def _colour(role: str) -> str:
     return {"teacher": "tab:gray", "scratch": "tab:orange"}.get(role, "tab:blue")
 
@@ -66,9 +71,8 @@ def accuracy_plot(suite: dict, path: str) -> None:
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=45, ha="right")
     ax.set_ylabel("top-1 accuracy (%)")
-    n = len(suite["seeds"])
-    ax.set_title(f"{suite['title']}\nmean ± sample std over {n} seed{'s' if n > 1 else ''}; "
-                 "grey: teacher, orange: scratch", fontsize=9)
+    ax.set_title(f"{suite['title']}\n{_over(suite)}; grey: teacher, orange: scratch",
+                 fontsize=9)
     from matplotlib.patches import Patch
     handles = [Patch(facecolor="tab:blue", edgecolor="black", label="last eval"),
                Patch(facecolor="tab:blue", alpha=0.45, edgecolor="black", label="best eval")]
@@ -135,9 +139,7 @@ def hinton_plot(suite: dict, path: str) -> None:
     ax.set_xticks(x)
     ax.set_xticklabels(names)
     ax.set_ylabel("test error (%)")
-    n = len(suite["seeds"])
-    ax.set_title(f"{suite['title']}\nmean ± sample std over {n} seed{'s' if n > 1 else ''}",
-                 fontsize=9)
+    ax.set_title(f"{suite['title']}\n{_over(suite)}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
