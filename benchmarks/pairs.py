@@ -8,6 +8,8 @@ benchmark mode:
 - ``student``: the student's supervised step (objective ``ce`` only, no teacher);
 - ``kd_online``: ``ce`` + ``kd`` with the teacher run inside the step;
 - ``feature``: ``ce`` + ``kd`` + the pair's feature term (``at`` or ``hint``);
+- ``kd_offline``: ``ce`` + ``kd`` with the teacher's outputs read from an offline store, so
+  without augmentation (``data.augment='none'``: stored outputs describe un-augmented images);
 - ``teacher_forward`` uses the ``kd_online`` config (its teacher half).
 
 The datasets are synthetic (`dataset_info`): throughput needs shapes, not data.
@@ -51,7 +53,7 @@ PAIRS: dict[str, Pair] = {
                           "teacher_feature": "block12"})),
 }
 
-CONFIG_MODES = ("student", "kd_online", "feature")
+CONFIG_MODES = ("student", "kd_online", "feature", "kd_offline")
 
 
 def dataset_info(pair: Pair) -> data.DatasetInfo:
@@ -62,7 +64,7 @@ def dataset_info(pair: Pair) -> data.DatasetInfo:
 
 
 def run_config(pair: Pair, mode: str, *, batch_size: int, dtype: str = "float32"):
-    """The jaxdistill config of `mode` ('student' | 'kd_online' | 'feature') for `pair`."""
+    """The jaxdistill config of `mode` (one of `CONFIG_MODES`) for `pair`."""
     if mode not in CONFIG_MODES:
         raise ValueError(f"mode '{mode}' has no run config; choose one of {CONFIG_MODES}")
     if pair.recipe == "cifar100":
@@ -86,5 +88,7 @@ def run_config(pair: Pair, mode: str, *, batch_size: int, dtype: str = "float32"
         if mode == "feature":
             name, term = pair.feature_term
             c.objective[name] = dict(term)
+        if mode == "kd_offline":
+            c.data.augment = "none"
     c.lock()
     return c

@@ -11,7 +11,10 @@ Modes (`--modes`):
   teacher_forward  the frozen teacher's forward pass alone (eval mode), jitted
   kd_online        the jaxdistill train step with ce + kd, teacher inside the step
   feature          the train step with ce + kd + the pair's feature term (at or hint)
-  kd_offline       KD from an offline teacher store: not implemented yet, no record
+  kd_offline       the train step with ce + kd, the teacher's outputs read from the batch as an
+                   offline teacher store feeds them (`--store_top_k` logits per example; no
+                   augmentation, which a store excludes). Reading the records is the host's
+                   work beside the step (the data layer's prefetch) and is not timed here.
 
 Timing: `--warmup` steps, then `--repeats` chunks of `--steps` steps each; one
 `jax.block_until_ready` per chunk (no host sync inside it); per-step time = chunk / steps;
@@ -24,9 +27,10 @@ devices of the mesh), or of the lowered (unoptimised, unpartitioned) step where 
 count is under half of it (a backend that leaves library calls uncounted); `flops_source` says
 which. The peak FLOP/s is a jitted [d*N, N] @ [N, N] matmul (`--peak_size` N) in the step's
 dtype, its rows split over the same mesh's d data shards, timed in turn with each group;
-`fraction_of_peak` = achieved / peak. kd_online records carry `kd_time_ratio` (KD step /
-student step time, same batch: the median over chunks of KD chunk / the student chunk timed
-next to it) and `kd_ideal_ratio` (1 + teacher forward FLOPs / student step FLOPs).
+`fraction_of_peak` = achieved / peak. kd_online and kd_offline records carry `kd_time_ratio`
+(KD step / student step time, same batch: the median over chunks of KD chunk / the student
+chunk timed next to it) and `kd_ideal_ratio` (1 + teacher forward FLOPs / student step FLOPs;
+1 for kd_offline, whose teacher ran when the store was written).
 
 Memory: `memory_peak_bytes` is XLA's compiled estimate (`memory_analysis()`);
 `device_peak_bytes_in_use` is the device allocator's peak so far in the process
@@ -58,6 +62,7 @@ from jax.sharding import PartitionSpec as P
 from jaxdistill import parallel
 from jaxdistill.setup import DTYPES, RunSetup, model_factory, prepare_run
 from jaxdistill.step import teacher_outputs
+from jaxdistill.store import StoreLayout, topk_entries
 from jaxdistill.train import compile_steps
 
 if __package__:  # python -m benchmarks.throughput
@@ -66,8 +71,7 @@ else:  # python benchmarks/throughput.py
     import pairs as pairs_lib
 
 MODES = ("student", "teacher_forward", "kd_online", "feature", "kd_offline")
-NOT_AVAILABLE = {"kd_offline": "KD from an offline teacher store (jaxdistill.teacher_store) has "
-                               "no builder in this benchmark yet; nothing is measured for it"}
+KD_MODES = ("kd_online", "kd_offline")  # records that get kd_time_ratio / kd_ideal_ratio
 
 FLAGS = flags.FLAGS
 
@@ -87,6 +91,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("peak_size", 0, "N of the NxN peak-FLOP/s matmul (per data shard); "
                          "0 = 2048 on CPU, 8192 on accelerators")
     flags.DEFINE_integer("seed", 0, "seed of the random parameters and synthetic batches")
+    flags.DEFINE_integer("store_top_k", 0, "kd_offline: logits per example in the store "
+                         "(0 = all classes, as `jaxdistill.teacher_store --top_k=0`)")
     flags.DEFINE_string("out", "", "if set, writes <out>/throughput.json (rewritten after each "
                         "pair and batch size, so an interrupted run keeps what it measured)")
     flags.DEFINE_string("table_from", "", "print the table of an existing throughput.json and exit")
@@ -131,8 +137,12 @@ class PairBench:
     """The runs of one pair at one batch size and dtype; setups and teacher shared by modes."""
 
     def __init__(self, pair: pairs_lib.Pair, batch_size: int, dtype: str, seed: int,
-                 teacher_cache: dict):
+                 teacher_cache: dict, store_top_k: int = 0):
         self.pair, self.batch_size, self.dtype, self.seed = pair, batch_size, dtype, seed
+        if not 0 <= store_top_k <= pair.num_classes:
+            raise ValueError(f"--store_top_k={store_top_k}: must be in [0, {pair.num_classes}] "
+                             f"for pair '{pair.name}' (0 = all classes)")
+        self.store = StoreLayout(store_top_k or pair.num_classes, pair.num_classes)
         self._setups: dict[str, RunSetup] = {}
         self._teacher_cache = teacher_cache
         self._batch = None
@@ -142,8 +152,9 @@ class PairBench:
         if config_mode not in self._setups:
             config = pairs_lib.run_config(self.pair, config_mode, batch_size=self.batch_size,
                                           dtype=self.dtype)
-            self._setups[config_mode] = prepare_run(config, teacher_checkpoint_required=False,
-                                                    info=pairs_lib.dataset_info(self.pair))
+            self._setups[config_mode] = prepare_run(
+                config, teacher_checkpoint_required=False, info=pairs_lib.dataset_info(self.pair),
+                store=self.store if config_mode == "kd_offline" else None)
         return self._setups[config_mode]
 
     def teacher(self, setup: RunSetup):
@@ -178,11 +189,11 @@ class PairBench:
         return self._batch
 
 
-def _train_program(bench: PairBench, config_mode: str) -> Program:
+def _train_program(bench: PairBench, config_mode: str, batch: dict | None = None) -> Program:
     """The real jaxdistill train step of `config_mode`, state donated from call to call."""
     setup = bench.setup(config_mode)
-    teacher = bench.teacher(setup) if setup.teacher_abstract is not None else None
-    batch = bench.batch(setup)
+    teacher = (bench.teacher(setup) if setup.teacher_input_abstract is not None else None)
+    batch = bench.batch(setup) if batch is None else batch
     state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(
         jax.random.PRNGKey(bench.seed))
     train_fn, _ = compile_steps(setup)
@@ -215,11 +226,22 @@ def feature(bench: PairBench) -> Program:
     return _train_program(bench, "feature")
 
 
-# name -> builder(PairBench) -> Program; None: not available (see NOT_AVAILABLE).
-# Adding kd_offline is one function of this shape and its entry here.
-BUILDERS: dict[str, Callable[[PairBench], Program] | None] = {
+def kd_offline(bench: PairBench) -> Program:
+    """The KD step fed by a store: the batch carries what `jaxdistill.teacher_store` keeps of
+    the (random) teacher's logits on its images, top-k entries and log-sum-exps."""
+    online = bench.setup("kd_online")
+    teacher, images = bench.teacher(online), bench.batch(online)["image"]
+    k = bench.store.top_k
+    fields = jax.jit(
+        lambda t, x: StoreLayout.batch_fields(topk_entries(teacher_outputs(online.ctx, t, x)[0], k)),
+        out_shardings=online.batch_sharding)(teacher, images)
+    return _train_program(bench, "kd_offline", {**bench.batch(online), **fields})
+
+
+# name -> builder(PairBench) -> Program
+BUILDERS: dict[str, Callable[[PairBench], Program]] = {
     "student": student, "teacher_forward": teacher_forward, "kd_online": kd_online,
-    "feature": feature, "kd_offline": None,
+    "feature": feature, "kd_offline": kd_offline,
 }
 
 
@@ -362,7 +384,8 @@ def record(bench: PairBench, mode: str, program: Program, times: np.ndarray, *, 
 
 
 def run(pair_names, modes, batch_sizes, *, dtype="float32", warmup=3, steps=10, repeats=7,
-        peak_size=0, seed=0, log=print, on_progress=None) -> tuple[list[dict], list[str]]:
+        peak_size=0, seed=0, store_top_k=0, log=print, on_progress=None
+        ) -> tuple[list[dict], list[str]]:
     """Measures every (pair, batch size, mode); returns (records, footer notes).
 
     `on_progress(records)` is called with the records so far after each (pair, batch size).
@@ -375,11 +398,11 @@ def run(pair_names, modes, batch_sizes, *, dtype="float32", warmup=3, steps=10, 
             raise ValueError(f"--modes: unknown mode '{mode}'; choose from {list(BUILDERS)}")
     if not batch_sizes or any(b <= 0 for b in batch_sizes):
         raise ValueError(f"--batch_sizes must be positive, got {batch_sizes}")
-    notes = [f"{m}: {NOT_AVAILABLE[m]}" for m in modes if BUILDERS[m] is None]
-    modes = list(dict.fromkeys(modes))
-    wanted = [m for m in modes if BUILDERS[m] is not None]
-    # kd_online needs the student and teacher_forward measurements for its ratios.
-    needed = set(wanted) | ({"student", "teacher_forward"} if "kd_online" in wanted else set())
+    notes = []
+    wanted = list(dict.fromkeys(modes))
+    # the KD modes' ratios need the student's time, kd_online's ideal the teacher's FLOPs
+    needed = (set(wanted) | ({"student"} if set(KD_MODES) & set(wanted) else set())
+              | ({"teacher_forward"} if "kd_online" in wanted else set()))
     order = [m for m in MODES if m in needed]
     mesh = parallel.make_mesh((-1, 1), ("data", "model"))
     if not peak_size:
@@ -388,7 +411,8 @@ def run(pair_names, modes, batch_sizes, *, dtype="float32", warmup=3, steps=10, 
     records, teacher_cache = [], {}
     for name in pair_names:
         for batch_size in batch_sizes:
-            bench = PairBench(pairs_lib.PAIRS[name], batch_size, dtype, seed, teacher_cache)
+            bench = PairBench(pairs_lib.PAIRS[name], batch_size, dtype, seed, teacher_cache,
+                              store_top_k)
             programs = {}
             for mode in order:
                 try:
@@ -409,14 +433,20 @@ def run(pair_names, modes, batch_sizes, *, dtype="float32", warmup=3, steps=10, 
             del programs
             for mode, rec in by_mode.items():
                 log(f"{name} {mode} batch {batch_size}: {rec['step_time_s'] * 1e3:.2f} ms/step")
-            kd, st, tf = (by_mode.get(m) for m in ("kd_online", "student", "teacher_forward"))
-            if kd and st and tf:
+            if "kd_offline" in by_mode:
+                by_mode["kd_offline"]["store_top_k"] = bench.store.top_k
+            st, tf = by_mode.get("student"), by_mode.get("teacher_forward")
+            for mode in KD_MODES:
+                kd = by_mode.get(mode)
+                if not (kd and st and (tf or mode == "kd_offline")):
+                    continue
                 # chunk by chunk (timed side by side), then the median: robust to load drift
-                paired = times["kd_online"] / times["student"]
+                paired = times[mode] / times["student"]
                 kd["kd_time_ratio"] = float(np.median(paired))
                 kd["kd_time_ratio_p10"] = float(np.percentile(paired, 10))
                 kd["kd_time_ratio_p90"] = float(np.percentile(paired, 90))
-                kd["kd_ideal_ratio"] = 1.0 + tf["flops_per_step"] / st["flops_per_step"]
+                teacher_flops = tf["flops_per_step"] if mode == "kd_online" else 0.0
+                kd["kd_ideal_ratio"] = 1.0 + teacher_flops / st["flops_per_step"]
             records += [by_mode[m] for m in order if m in by_mode and m in wanted]
             if on_progress is not None:
                 on_progress(records)
@@ -487,8 +517,7 @@ def main(argv):
     if FLAGS.table_from:
         with open(FLAGS.table_from) as f:
             records = json.load(f)
-        notes = [f"{m}: {why}" for m, why in NOT_AVAILABLE.items()]
-        print(format_table(records, notes), flush=True)
+        print(format_table(records, []), flush=True)
         return
 
     def log(line):
@@ -498,7 +527,8 @@ def main(argv):
     records, notes = run(
         FLAGS.pairs, FLAGS.modes, [int(b) for b in FLAGS.batch_sizes], dtype=FLAGS.dtype,
         warmup=FLAGS.warmup, steps=FLAGS.steps, repeats=FLAGS.repeats,
-        peak_size=FLAGS.peak_size, seed=FLAGS.seed, log=log, on_progress=save)
+        peak_size=FLAGS.peak_size, seed=FLAGS.seed, store_top_k=FLAGS.store_top_k, log=log,
+        on_progress=save)
     if FLAGS.out:
         log(f"wrote {write_json(records, FLAGS.out)}")
     print(format_table(records, notes), flush=True)

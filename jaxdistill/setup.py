@@ -45,7 +45,7 @@ class RunSetup:
     state_shardings: TrainState
     teacher_abstract: dict | None   # {'params', 'batch_stats'} ShapeDtypeStructs with shardings
     batch_sharding: NamedSharding
-    store: store_lib.TeacherStore | None = None  # the offline teacher store, if used
+    store: store_lib.StoreLayout | None = None  # the offline teacher store, if used
     teacher_mesh: Mesh | None = None  # the teacher's own devices (config.mesh.teacher_devices)
 
     @property
@@ -97,9 +97,11 @@ def _state_shardings(abstract: TrainState, mesh: Mesh, rule: str) -> TrainState:
 
 
 def prepare_run(config, *, teacher_checkpoint_required: bool = True,
-                info: data.DatasetInfo | None = None) -> RunSetup:
+                info: data.DatasetInfo | None = None,
+                store: store_lib.StoreLayout | None = None) -> RunSetup:
     """Validates `config` and resolves every static piece of the run (see module doc).
-    `info` stands in for the prepared dataset (benchmarks on synthetic data)."""
+    `info` stands in for the prepared dataset and `store` for config.teacher.store's
+    (benchmarks on synthetic data: the teacher's outputs then come with the batch)."""
     if config.num_steps <= 0:
         raise ValueError(f"config.num_steps must be > 0, got {config.num_steps}")
     for field in ("log_every", "eval_every", "checkpoint_every"):
@@ -156,7 +158,7 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
             teacher_abstract = {**teacher_abstract, "others": others}
     elif config.extra_teachers:
         raise ValueError("config.extra_teachers needs a primary config.teacher.model")
-    teacher_store = _open_store(config) if has_teacher else None
+    teacher_store = (store or _open_store(config)) if has_teacher else None
     if teacher_mesh is not mesh and not (has_teacher and teacher_store is None):
         raise ValueError("config.mesh.teacher_devices needs a teacher that runs online "
                          "(a teacher.model, and no teacher.store)")

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import ROOT
 
@@ -31,14 +32,15 @@ def _bench(*args):
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("throughput")
     proc = _bench("--pairs=mlp", f"--batch_sizes={BATCH}", "--warmup=1", "--steps=2",
-                  "--repeats=2", "--peak_size=128", f"--out={out}")
+                  "--repeats=2", "--peak_size=128", "--store_top_k=3", f"--out={out}")
     with open(out / "throughput.json") as f:
         return json.load(f), proc.stdout
 
 
 def test_records_have_every_mode_and_field(tiny):
     records, _ = tiny
-    assert [r["mode"] for r in records] == ["student", "teacher_forward", "kd_online", "feature"]
+    assert [r["mode"] for r in records] == ["student", "teacher_forward", "kd_online", "feature",
+                                            "kd_offline"]
     for r in records:
         for field in FIELDS:
             assert field in r, (r["mode"], field)
@@ -52,6 +54,7 @@ def test_records_have_every_mode_and_field(tiny):
             r["achieved_flops_per_second"] / r["peak_flops_per_second"])
         assert r["memory_peak_bytes"] > 0
     assert "kd_time_ratio" in records[2] and "kd_time_ratio" not in records[0]
+    assert records[4]["store_top_k"] == 3 and "store_top_k" not in records[2]
 
 
 def test_flops_match_hand_derived_counts(tiny):
@@ -65,6 +68,9 @@ def test_flops_match_hand_derived_counts(tiny):
                                + by_mode["teacher_forward"]["flops_per_step"], rel=0.05)
     # the hint adapter (800 -> 1200 linear, forward and backward) costs extra
     assert by_mode["feature"]["flops_per_step"] > kd + 4 * 800 * 1200 * BATCH
+    # from a store: the student's step plus the KD loss, no teacher forward
+    assert by_mode["kd_offline"]["flops_per_step"] == pytest.approx(
+        by_mode["student"]["flops_per_step"], rel=0.02)
 
 
 def test_kd_ratios(tiny):
@@ -75,12 +81,34 @@ def test_kd_ratios(tiny):
         rel=1e-12)
     assert 1.5 < kd["kd_ideal_ratio"] < 2.5
     assert kd["kd_time_ratio"] > 0
+    offline = by_mode["kd_offline"]
+    assert offline["kd_ideal_ratio"] == 1.0 and offline["kd_time_ratio"] > 0
 
 
-def test_table_is_printed_with_the_offline_note(tiny):
+def test_table_is_printed(tiny):
     _, stdout = tiny
     assert "kd_online" in stdout and "GFLOP/step" in stdout
     assert "kd_offline" in stdout and "peak:" in stdout
+
+
+def test_offline_step_from_full_store_fields_equals_the_online_step(monkeypatch):
+    """kd_offline feeds the step what a full-k store holds of the same teacher on the same
+    images, so its first step's losses equal kd_online's (KD from a full-k store is exact)."""
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks import pairs, throughput
+    bench = throughput.PairBench(pairs.PAIRS["mlp"], 16, "float32", 0, {}, store_top_k=0)
+    online, offline = throughput.kd_online(bench), throughput.kd_offline(bench)
+    assert offline.compiled.args_info[0][1] is None  # no teacher variables go into the step
+    _, m_online = online.step(online.carry)
+    _, m_offline = offline.step(offline.carry)
+    assert set(m_online) == set(m_offline) and "kd" in m_online
+    # kd is T^2 = 400 times a KL of near-uniform distributions: the float32 rounding of the
+    # log-probabilities (~2e-7 each) shows as ~1e-5 absolute; another teacher or batch
+    # changes kd by ~0.06
+    for name in m_online:
+        np.testing.assert_allclose(np.asarray(m_offline[name]), np.asarray(m_online[name]),
+                                   rtol=1e-5, atol=5e-5, err_msg=name)
+    assert float(m_online["kd"]) > 0.01
 
 
 def test_bad_arguments_fail_clearly(monkeypatch):

@@ -8,9 +8,10 @@ addressable by example index. The trainer reads them back through the data layer
 (`dense_teacher_logits`). See `format` for the on-disk layout and the fingerprint.
 """
 
-from jaxdistill.store.dense import dense_teacher_logits, teacher_outputs_from_batch
+from jaxdistill.store.dense import dense_teacher_logits, teacher_outputs_from_batch, topk_entries
 from jaxdistill.store.format import (
     FIELD_PREFIX,
+    StoreLayout,
     TeacherStore,
     check_config,
     check_store,
@@ -32,6 +33,7 @@ def __getattr__(name):
 
 __all__ = [
     "FIELD_PREFIX",
+    "StoreLayout",
     "TeacherStore",
     "check_config",
     "check_store",
@@ -41,5 +43,6 @@ __all__ = [
     "fingerprint",
     "teacher_outputs_from_batch",
     "teacher_sha256",
+    "topk_entries",
     "write_store",
 ]

@@ -60,6 +60,22 @@ def dense_teacher_logits(values, indices, logsumexp, num_classes: int, *,
     return dense.reshape(*lead, num_classes)
 
 
+def topk_entries(logits, k: int) -> dict[str, jax.Array]:
+    """What a store keeps of logits [..., C] (the inverse of `dense_teacher_logits`):
+    `values` the k largest logits (descending) and `indices` their classes, `logsumexp` over
+    all C logits and `tail_logsumexp` over the C - k others (-inf when k = C), in float32."""
+    logits = jnp.asarray(logits, jnp.float32)
+    values, indices = jax.lax.top_k(logits, k)
+    if k < logits.shape[-1]:
+        top = jnp.put_along_axis(jnp.zeros(logits.shape, bool), indices, True, axis=-1,
+                                 inplace=False)
+        tail = jax.nn.logsumexp(jnp.where(top, -jnp.inf, logits), axis=-1)
+    else:
+        tail = jnp.full(logits.shape[:-1], -jnp.inf, jnp.float32)
+    return {"values": values, "indices": indices.astype(jnp.int32),
+            "logsumexp": jax.nn.logsumexp(logits, axis=-1), "tail_logsumexp": tail}
+
+
 def teacher_outputs_from_batch(batch: dict, num_classes: int):
     """(dense teacher logits, {feature name: features}) from a batch fed by
     `TeacherStore.extra_fields`, without gradient: the drop-in for `step.teacher_outputs`."""

@@ -21,6 +21,7 @@ BatchNorm statistics), dataset, split, num_examples, mean, std, image_shape.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -98,7 +99,48 @@ def check_config(config, store: str | None = None, field: str = "config.teacher.
             "(config.teacher.store='')")
 
 
-class TeacherStore:
+@dataclasses.dataclass(eq=False)
+class StoreLayout:
+    """What a store holds per example, without the store: top-k logits of `num_classes`
+    classes and float32 `features` ({name: shape}). Also a stand-in for a store where only
+    shapes matter (benchmarks on synthetic data)."""
+
+    top_k: int
+    num_classes: int
+    features: dict[str, tuple] = dataclasses.field(default_factory=dict)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The structured dtype of one record."""
+        return record_dtype(self.top_k, self.features)
+
+    def abstract_fields(self, batch_size: int) -> dict:
+        """ShapeDtypeStructs of the fields a batch of `batch_size` rows gets from the store."""
+        import jax
+        return {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype)
+                for k, v in self.padding(1).items()}
+
+    def padding(self, rows: int) -> dict[str, np.ndarray]:
+        """Fields for `rows` padding rows: a uniform teacher (all logits 0), zero features."""
+        k, c = self.top_k, self.num_classes
+        out = {"teacher_topk_values": np.zeros((rows, k), np.float32),
+               "teacher_topk_indices": np.tile(np.arange(k, dtype=np.int32), (rows, 1)),
+               "teacher_logsumexp": np.full((rows,), np.log(c), np.float32),
+               "teacher_tail_logsumexp": np.full(
+                   (rows,), np.log(c - k) if k < c else -np.inf, np.float32)}
+        for name, shape in self.features.items():
+            out[FEATURE_PREFIX + name] = np.zeros((rows, *shape), np.float32)
+        return out
+
+    @staticmethod
+    def batch_fields(record_fields: dict) -> dict:
+        """Record fields (`values`, `indices`, `logsumexp`, `tail_logsumexp`, `feature_<name>`)
+        under the names a batch carries them (`teacher_topk_values`, ...)."""
+        return {_FIELDS.get(k, FIELD_PREFIX + k): v for k, v in record_fields.items()
+                if k != "index"}
+
+
+class TeacherStore(StoreLayout):
     """A written store, opened for random access by example index (thread-safe reads)."""
 
     def __init__(self, path: str, field: str = "config.teacher.store"):
@@ -112,11 +154,10 @@ class TeacherStore:
             self.meta = json.load(f)
         if (self.meta.get("format"), self.meta.get("version")) != (FORMAT, VERSION):
             raise ValueError(f"{field}='{self.path}': {META} is not a {FORMAT} v{VERSION} store")
+        super().__init__(int(self.meta["top_k"]), int(self.meta["num_classes"]),
+                         {k: tuple(v) for k, v in self.meta["features"].items()})
         self.field = field
-        self.top_k, self.num_classes = int(self.meta["top_k"]), int(self.meta["num_classes"])
         self.num_examples = int(self.meta["num_examples"])
-        self.features = {k: tuple(v) for k, v in self.meta["features"].items()}
-        self.dtype = record_dtype(self.top_k, self.features)
         files = [os.path.join(self.path, name) for name in self.meta["files"]]
         self._source = grain.sources.ArrayRecordDataSource(files)  # readers tuned for random access
         if len(self._source) != self.num_examples or self.dtype.itemsize != self.meta[
@@ -135,24 +176,6 @@ class TeacherStore:
 
     def __len__(self) -> int:
         return self.num_examples
-
-    def abstract_fields(self, batch_size: int) -> dict:
-        """ShapeDtypeStructs of the fields `lookup` adds to a batch of `batch_size` rows."""
-        import jax
-        return {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype)
-                for k, v in self.padding(1).items()}
-
-    def padding(self, rows: int) -> dict[str, np.ndarray]:
-        """Fields for `rows` padding rows: a uniform teacher (all logits 0), zero features."""
-        k, c = self.top_k, self.num_classes
-        out = {"teacher_topk_values": np.zeros((rows, k), np.float32),
-               "teacher_topk_indices": np.tile(np.arange(k, dtype=np.int32), (rows, 1)),
-               "teacher_logsumexp": np.full((rows,), np.log(c), np.float32),
-               "teacher_tail_logsumexp": np.full(
-                   (rows,), np.log(c - k) if k < c else -np.inf, np.float32)}
-        for name, shape in self.features.items():
-            out[FEATURE_PREFIX + name] = np.zeros((rows, *shape), np.float32)
-        return out
 
     def lookup(self, indices) -> dict[str, np.ndarray]:
         """The stored outputs of examples `indices` (int [n]; -1 = padding row): `teacher_topk_

@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 from jaxdistill import augment, checkpoint, data
 from jaxdistill.setup import prepare_run
 from jaxdistill.step import forward
+from jaxdistill.store.dense import topk_entries
 from jaxdistill.store.format import (
     FORMAT,
     META,
@@ -40,16 +41,7 @@ def _teacher_outputs(teacher_def, aug, k: int, feature_names, teacher, images):
     x = augment.apply(aug, images, None, train=False)  # normalisation only
     logits, features, _ = forward(teacher_def, teacher["params"], teacher["batch_stats"], x,
                                   train=False)
-    logits = logits.astype(jnp.float32)
-    values, indices = jax.lax.top_k(logits, k)
-    if k < logits.shape[-1]:
-        top = jnp.put_along_axis(jnp.zeros(logits.shape, bool), indices, True, axis=-1,
-                                 inplace=False)
-        tail = jax.nn.logsumexp(jnp.where(top, -jnp.inf, logits), axis=-1)
-    else:
-        tail = jnp.full(logits.shape[:-1], -jnp.inf, jnp.float32)
-    out = {"values": values, "indices": indices.astype(jnp.int32),
-           "logsumexp": jax.nn.logsumexp(logits, axis=-1), "tail_logsumexp": tail}
+    out = topk_entries(logits, k)
     out.update({f"feature_{n}": features[n].astype(jnp.float32) for n in feature_names})
     return out
 
