@@ -30,7 +30,7 @@ cat "$OUT/env.txt"
 
 rm -f "$OUT/throughput.json"
 timeout --signal=TERM --kill-after=15 "${LIMIT_S:-450}" "$PY" -m benchmarks.throughput \
-  --pairs="${PAIRS:-resnet,vit}" --batch_sizes="${BATCH_SIZES:-256,1024}" \
+  --pairs="${PAIRS:-resnet,vit}" --batch_sizes="${BATCH_SIZES:-256,2048}" \
   --dtype="${DTYPE:-bfloat16}" --warmup="${WARMUP:-5}" --steps="${STEPS:-20}" \
   --repeats="${REPEATS:-7}" --peak_size="${PEAK_SIZE:-0}" --out="$OUT" \
   2>&1 | tee "$OUT/throughput.log"
