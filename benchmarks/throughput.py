@@ -23,9 +23,9 @@ are compiled together and take turns chunk by chunk, with the peak matmul, so a 
 machine load hits them all alike.
 
 FLOPs per step come from XLA's `cost_analysis()` of the compiled step (per device, times the
-devices of the mesh), or of the lowered (unoptimised, unpartitioned) step where the compiled
-count is under half of it (a backend that leaves library calls uncounted); `flops_source` says
-which. The peak FLOP/s is a jitted [d*N, N] @ [N, N] matmul (`--peak_size` N) in the step's
+devices of the mesh), or, where that count is under 90% of the step's matmul + convolution
+FLOPs counted from its jaxpr (GPU: XLA leaves cuBLAS / cuDNN calls partly uncounted), from that
+count (`jaxdistill.flops`); `flops_source` says which ('compiled' | 'dot_conv'). The peak FLOP/s is a jitted [d*N, N] @ [N, N] matmul (`--peak_size` N) in the step's
 dtype, its rows split over the same mesh's d data shards, timed in turn with each group;
 `fraction_of_peak` = achieved / peak. kd_online and kd_offline records carry `kd_time_ratio`
 (KD step / student step time, same batch: the median over chunks of KD chunk / the student
@@ -60,6 +60,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxdistill import parallel
+from jaxdistill.flops import dot_conv_flops, program_flops, xla_flops
 from jaxdistill.setup import DTYPES, RunSetup, model_factory, prepare_run
 from jaxdistill.step import teacher_outputs
 from jaxdistill.store import StoreLayout, topk_entries
@@ -120,17 +121,16 @@ class Program:
     step: Callable[[Any], tuple[Any, Any]]
     carry: Any = None
     devices: int = 1                # devices the program runs on (cost analysis is per device)
-    lowered_flops: float = 0.0      # FLOPs of the whole (unpartitioned, unoptimised) program
+    counted_flops: float = 0.0      # matmul + conv FLOPs of the whole program (all devices)
     steps: int = 0                  # calls per timed chunk; 0 = the run's --steps
 
 
 def _compile(jitted, *args) -> tuple[jax.stages.Compiled, float, float]:
-    """(compiled, seconds to lower and compile, FLOPs of the lowered program)."""
+    """(compiled, seconds to lower and compile, the program's matmul + conv FLOPs)."""
     start = time.perf_counter()
-    lowered = jitted.lower(*args)
-    compiled = lowered.compile()
+    compiled = jitted.lower(*args).compile()
     seconds = time.perf_counter() - start
-    return compiled, seconds, float(_cost(lowered).get("flops", 0.0))
+    return compiled, seconds, dot_conv_flops(jitted, *args)
 
 
 class PairBench:
@@ -215,7 +215,7 @@ def teacher_forward(bench: PairBench) -> Program:
                  in_shardings=(t_sh, setup.batch_sharding), out_shardings=setup.batch_sharding)
     compiled, seconds, flops = _compile(fn, teacher, images)
     return Program(compiled, seconds, lambda c: (c, compiled(teacher, images)),
-                   devices=setup.mesh.devices.size, lowered_flops=flops)
+                   devices=setup.mesh.devices.size, counted_flops=flops)
 
 
 def kd_online(bench: PairBench) -> Program:
@@ -267,17 +267,6 @@ def time_program(program: Program, *, warmup: int, steps: int, repeats: int) -> 
     return np.asarray(times)
 
 
-def _cost(stage) -> dict:
-    """XLA's cost analysis of a `Lowered` or `Compiled` as a dict ({} if unavailable)."""
-    try:
-        cost = stage.cost_analysis()
-    except (NotImplementedError, RuntimeError):  # best effort: not on every backend
-        return {}
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else None
-    return cost or {}
-
-
 def _memory(compiled) -> dict:
     try:
         m = compiled.memory_analysis()
@@ -310,7 +299,7 @@ def device_peak_bytes() -> int | None:
 
 def peak_program(mesh, dtype: str, size: int) -> Program:
     """A jitted [d*N, N] @ [N, N] matmul in `dtype`, rows split over the data axis (d), with
-    about 0.2 s of calls per timed chunk; `lowered_flops` holds its 2*d*N^3 FLOPs."""
+    about 0.2 s of calls per timed chunk; `counted_flops` holds its 2*d*N^3 FLOPs."""
     d = mesh.shape[parallel.DATA_AXIS]
     jdtype = DTYPES[dtype]
     rng = np.random.default_rng(0)
@@ -321,7 +310,7 @@ def peak_program(mesh, dtype: str, size: int) -> Program:
     fn = jax.jit(lambda a, b: a @ b, out_shardings=NamedSharding(mesh, P(parallel.DATA_AXIS)))
     compiled, seconds, _ = _compile(fn, a, b)
     program = Program(compiled, seconds, lambda c: (c, compiled(a, b)), devices=d,
-                      lowered_flops=2.0 * d * size**3)
+                      counted_flops=2.0 * d * size**3)
     one = float(np.median(time_program(program, warmup=1, steps=1, repeats=3)))
     program.steps = int(np.clip(0.2 / max(one, 1e-9), 1, 100))
     return program
@@ -329,7 +318,7 @@ def peak_program(mesh, dtype: str, size: int) -> Program:
 
 def peak_summary(program: Program, times: np.ndarray, *, dtype: str, size: int) -> dict:
     """The peak fields of a record from the matmul's chunk times (median and best chunk)."""
-    flops = program.lowered_flops
+    flops = program.counted_flops
     return {"peak_flops_per_second": flops / float(np.median(times)),
             "peak_flops_per_second_best": flops / float(np.min(times)),
             "peak_matmul_size": size, "peak_matmul_rows": program.devices * size,
@@ -356,10 +345,7 @@ def record(bench: PairBench, mode: str, program: Program, times: np.ndarray, *, 
            peak: dict) -> dict:
     """One record: timing, FLOPs, memory of `program`, timed as `times` (s/step per chunk)."""
     devices = program.devices
-    per_device = float(_cost(program.compiled).get("flops", 0.0))
-    flops, source = per_device * devices, "compiled"
-    if flops < 0.5 * program.lowered_flops:  # e.g. library calls the backend does not count
-        flops, source = program.lowered_flops, "lowered"
+    flops, source = program_flops(program.compiled, program.counted_flops, devices)
     median = float(np.median(times))
     achieved = flops / median
     return {
@@ -373,8 +359,8 @@ def record(bench: PairBench, mode: str, program: Program, times: np.ndarray, *, 
         "step_time_min_s": float(np.min(times)),
         "timed_steps": steps * len(times), "compile_s": program.compile_s,
         "flops_per_step": flops, "flops_source": source,
-        "flops_per_step_compiled_per_device": per_device,
-        "flops_per_step_lowered": program.lowered_flops,
+        "flops_per_step_compiled_per_device": xla_flops(program.compiled),
+        "flops_per_step_dot_conv": program.counted_flops,
         "achieved_flops_per_second": achieved,
         "fraction_of_peak": achieved / peak["peak_flops_per_second"],
         **peak,

@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from jaxdistill import augment, checkpoint, data, parallel
 from jaxdistill import store as store_lib
+from jaxdistill.flops import dot_conv_flops, program_flops
 from jaxdistill.models import build_model
 from jaxdistill.objective import MEAN, PRIMARY, build_objective
 from jaxdistill.optim import make_optimizer
@@ -267,16 +268,15 @@ def abstract_batch(info: data.DatasetInfo, batch_size: int, teacher_store=None) 
 
 
 def model_cost(graphdef, abstract_vars, input_shape) -> tuple[int, float]:
-    """(parameter count, forward FLOPs per example from XLA's cost analysis at batch 1)."""
+    """(parameter count, forward FLOPs per example at batch 1: XLA's cost analysis, or the
+    matmul + conv count where the backend's is incomplete; see `jaxdistill.flops`)."""
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_vars["params"]))
 
     def forward(variables, x):
         model = nnx.merge(graphdef, variables["params"], variables["batch_stats"])
         return model(x, train=False)[0]
     plain = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_vars)
-    compiled = jax.jit(forward).lower(
-        plain, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return params, float(cost.get("flops", 0.0)) if cost else 0.0
-
+    image = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    compiled = jax.jit(forward).lower(plain, image).compile()
+    flops, _ = program_flops(compiled, dot_conv_flops(forward, plain, image))
+    return params, flops
