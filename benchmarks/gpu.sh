@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The throughput table on one GPU, in bfloat16, for the resnet (resnet32x4 -> resnet8x4) and vit
-# (vit_small -> vit_tiny) pairs at batch sizes that fill the chip. Finishes in under 8 minutes;
-# installs nothing (the environment must already have jaxdistill and a CUDA jax).
+# (vit_small -> vit_tiny) pairs at batch 2048, which fills an H200 (batch 256 leaves the ViT steps
+# launch-bound: benchmarks/RESULTS.md). Finishes in under 8 minutes (on an H200 each pair takes
+# about 3 minutes, most of it compiling and setting up five programs); BATCH_SIZES=256,2048
+# takes about twice as long. Installs nothing (the environment must already have jaxdistill's
+# dependencies and a CUDA jax).
 #
 #   benchmarks/gpu.sh OUTDIR
 #
@@ -30,7 +33,7 @@ cat "$OUT/env.txt"
 
 rm -f "$OUT/throughput.json"
 timeout --signal=TERM --kill-after=15 "${LIMIT_S:-450}" "$PY" -m benchmarks.throughput \
-  --pairs="${PAIRS:-resnet,vit}" --batch_sizes="${BATCH_SIZES:-256,2048}" \
+  --pairs="${PAIRS:-resnet,vit}" --batch_sizes="${BATCH_SIZES:-2048}" \
   --dtype="${DTYPE:-bfloat16}" --warmup="${WARMUP:-5}" --steps="${STEPS:-20}" \
   --repeats="${REPEATS:-7}" --peak_size="${PEAK_SIZE:-0}" --out="$OUT" \
   2>&1 | tee "$OUT/throughput.log"

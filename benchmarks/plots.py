@@ -19,7 +19,8 @@ import os
 
 # the throughput modes, named by the method each one times
 MODE_LABELS = {"student": "scratch (ce)", "teacher_forward": "teacher forward",
-               "kd_online": "kd (online teacher)", "feature": "kd + {feature}"}
+               "kd_online": "kd (online teacher)", "feature": "kd + {feature}",
+               "kd_offline": "kd (teacher store)"}
 FEATURE_METHOD = {"hint": "fitnet", "at": "at"}
 
 
