@@ -68,7 +68,8 @@ _COUNTERS = {"dot_general": _dot_flops, "conv_general_dilated": _conv_flops}
 
 def jaxpr_dot_conv_flops(jaxpr) -> float:
     """`dot_conv_flops` of a (Closed)Jaxpr: its own equations and those of its sub-jaxprs
-    (a scan's body times its length, the costliest branch of a cond, a while loop's body once)."""
+    (a scan's body times its length, a shard_map's body times its shards, the costliest branch
+    of a cond, a while loop's body once)."""
     jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
     total = 0.0
     for eqn in jaxpr.eqns:
@@ -81,6 +82,10 @@ def jaxpr_dot_conv_flops(jaxpr) -> float:
             total += max(inner, default=0.0)
         elif name == "scan":
             total += eqn.params["length"] * sum(inner)
+        elif name == "shard_map":  # the body sees one shard: it runs once per manual shard
+            mesh = eqn.params["mesh"]
+            manual = eqn.params.get("newly_manual_axes") or mesh.axis_names
+            total += math.prod(mesh.shape[a] for a in manual) * sum(inner)
         else:
             total += sum(inner)
     return total

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from jaxdistill.flops import dot_conv_flops, program_flops, xla_flops
 from jaxdistill.models import build_model
@@ -71,6 +72,14 @@ def test_scan_and_cond_bodies():
         return jax.lax.cond(p, lambda: x @ w @ w, lambda: x @ w)
     assert dot_conv_flops(branches, True, x, w) == 2 * one
     assert dot_conv_flops(jax.jit(lambda x, w: x @ w), x, w) == one  # inside a jit
+
+
+def test_shard_map_body_counts_once_per_shard():
+    mesh = jax.make_mesh((8,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
+    x, w = jnp.ones((16, 3)), jnp.ones((3, 5))
+    sharded = jax.shard_map(lambda x, w: x @ w, mesh=mesh, in_specs=(P("d"), P()),
+                            out_specs=P("d"))
+    assert dot_conv_flops(sharded, x, w) == dot_conv_flops(jnp.matmul, x, w) == 2 * 16 * 3 * 5
 
 
 def test_program_flops_takes_xla_unless_it_is_incomplete():
