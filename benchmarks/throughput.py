@@ -25,8 +25,9 @@ machine load hits them all alike.
 FLOPs per step come from XLA's `cost_analysis()` of the compiled step (per device, times the
 devices of the mesh), or, where that count is under 90% of the step's matmul + convolution
 FLOPs counted from its jaxpr (GPU: XLA leaves cuBLAS / cuDNN calls partly uncounted), from that
-count (`jaxdistill.flops`); `flops_source` says which ('compiled' | 'dot_conv'). The peak FLOP/s is a jitted [d*N, N] @ [N, N] matmul (`--peak_size` N) in the step's
-dtype, its rows split over the same mesh's d data shards, timed in turn with each group;
+count (`jaxdistill.flops`); `flops_source` says which ('compiled' | 'dot_conv'). The peak
+FLOP/s is a jitted [d*N, N] @ [N, N] matmul (`--peak_size` N) in the step's dtype, its rows
+split over the same mesh's d data shards, timed in turn with each group;
 `fraction_of_peak` = achieved / peak. kd_online and kd_offline records carry `kd_time_ratio`
 (KD step / student step time, same batch: the median over chunks of KD chunk / the student
 chunk timed next to it) and `kd_ideal_ratio` (1 + teacher forward FLOPs / student step FLOPs;
@@ -192,7 +193,7 @@ class PairBench:
 def _train_program(bench: PairBench, config_mode: str, batch: dict | None = None) -> Program:
     """The real jaxdistill train step of `config_mode`, state donated from call to call."""
     setup = bench.setup(config_mode)
-    teacher = (bench.teacher(setup) if setup.teacher_input_abstract is not None else None)
+    teacher = bench.teacher(setup) if setup.teacher_input_abstract is not None else None
     batch = bench.batch(setup) if batch is None else batch
     state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(
         jax.random.PRNGKey(bench.seed))
@@ -231,10 +232,10 @@ def kd_offline(bench: PairBench) -> Program:
     the (random) teacher's logits on its images, top-k entries and log-sum-exps."""
     online = bench.setup("kd_online")
     teacher, images = bench.teacher(online), bench.batch(online)["image"]
-    k = bench.store.top_k
-    fields = jax.jit(
-        lambda t, x: StoreLayout.batch_fields(topk_entries(teacher_outputs(online.ctx, t, x)[0], k)),
-        out_shardings=online.batch_sharding)(teacher, images)
+    def store_fields(t, x):
+        logits = teacher_outputs(online.ctx, t, x)[0]
+        return StoreLayout.batch_fields(topk_entries(logits, bench.store.top_k))
+    fields = jax.jit(store_fields, out_shardings=online.batch_sharding)(teacher, images)
     return _train_program(bench, "kd_offline", {**bench.batch(online), **fields})
 
 

@@ -5,7 +5,8 @@ on GPU it leaves the work of library calls (cuBLAS matmuls, cuDNN convolutions) 
 uncounted. `dot_conv_flops` counts the work that dominates these models from the program's jaxpr,
 independently of the backend: 2 x the multiply-adds of every `dot_general` and
 `conv_general_dilated` (taps on padding excluded, as XLA excludes them; elementwise ops,
-reductions and transcendental functions are not counted). `program_flops` takes XLA's count unless it falls below that lower bound.
+reductions and transcendental functions are not counted). `program_flops` takes XLA's count
+unless it falls below that lower bound.
 """
 
 from __future__ import annotations
