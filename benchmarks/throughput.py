@@ -61,7 +61,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxdistill import parallel
-from jaxdistill.flops import dot_conv_flops, program_flops, xla_flops
+from jaxdistill.flops import jaxpr_dot_conv_flops, program_flops, xla_flops
 from jaxdistill.setup import DTYPES, RunSetup, model_factory, prepare_run
 from jaxdistill.step import teacher_outputs
 from jaxdistill.store import StoreLayout, topk_entries
@@ -129,9 +129,10 @@ class Program:
 def _compile(jitted, *args) -> tuple[jax.stages.Compiled, float, float]:
     """(compiled, seconds to lower and compile, the program's matmul + conv FLOPs)."""
     start = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
+    traced = jitted.trace(*args)
+    compiled = traced.lower().compile()
     seconds = time.perf_counter() - start
-    return compiled, seconds, dot_conv_flops(jitted, *args)
+    return compiled, seconds, jaxpr_dot_conv_flops(traced.jaxpr)
 
 
 class PairBench:
