@@ -61,7 +61,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxdistill import parallel
-from jaxdistill.flops import jaxpr_dot_conv_flops, program_flops, xla_flops
+from jaxdistill.flops import choose_flops, jaxpr_dot_conv_flops, xla_flops
 from jaxdistill.setup import DTYPES, RunSetup, model_factory, prepare_run
 from jaxdistill.step import teacher_outputs
 from jaxdistill.store import StoreLayout, topk_entries
@@ -347,9 +347,7 @@ def record(bench: PairBench, mode: str, program: Program, times: np.ndarray, *, 
            peak: dict) -> dict:
     """One record: timing, FLOPs, memory of `program`, timed as `times` (s/step per chunk)."""
     devices = program.devices
-    flops, source = program_flops(program.compiled, program.counted_flops, devices)
     median = float(np.median(times))
-    achieved = flops / median
     return {
         "pair": bench.pair.name, "mode": mode, "batch_size": bench.batch_size,
         "dtype": bench.dtype, "teacher": bench.pair.teacher, "student": bench.pair.student,
@@ -360,15 +358,31 @@ def record(bench: PairBench, mode: str, program: Program, times: np.ndarray, *, 
         "step_time_p90_s": float(np.percentile(times, 90)),
         "step_time_min_s": float(np.min(times)),
         "timed_steps": steps * len(times), "compile_s": program.compile_s,
-        "flops_per_step": flops, "flops_source": source,
         "flops_per_step_compiled_per_device": xla_flops(program.compiled),
-        "flops_per_step_dot_conv": program.counted_flops,
-        "achieved_flops_per_second": achieved,
-        "fraction_of_peak": achieved / peak["peak_flops_per_second"],
+        **flops_fields(xla_flops(program.compiled) * devices, program.counted_flops, median,
+                       peak["peak_flops_per_second"]),
         **peak,
         **_memory(program.compiled),
         "device_peak_bytes_in_use": device_peak_bytes(),
     }
+
+
+def flops_fields(xla: float, counted: float, step_time_s: float, peak_flops_per_second: float
+                 ) -> dict:
+    """A record's FLOP fields from XLA's count of the whole step and its matmul + conv count
+    (`jaxdistill.flops.choose_flops`), its median step time and the group's peak."""
+    flops, source = choose_flops(xla, counted)
+    achieved = flops / step_time_s
+    return {"flops_per_step": flops, "flops_source": source, "flops_per_step_dot_conv": counted,
+            "achieved_flops_per_second": achieved,
+            "fraction_of_peak": achieved / peak_flops_per_second}
+
+
+def kd_ideal_ratio(mode: str, student: dict, teacher_forward: dict | None) -> float:
+    """1 + teacher forward FLOPs / student step FLOPs (records of one group); kd_offline's
+    teacher ran when its store was written: 1."""
+    teacher = teacher_forward["flops_per_step"] if mode == "kd_online" else 0.0
+    return 1.0 + teacher / student["flops_per_step"]
 
 
 def run(pair_names, modes, batch_sizes, *, dtype="float32", warmup=3, steps=10, repeats=7,
@@ -433,8 +447,7 @@ def run(pair_names, modes, batch_sizes, *, dtype="float32", warmup=3, steps=10, 
                 kd["kd_time_ratio"] = float(np.median(paired))
                 kd["kd_time_ratio_p10"] = float(np.percentile(paired, 10))
                 kd["kd_time_ratio_p90"] = float(np.percentile(paired, 90))
-                teacher_flops = tf["flops_per_step"] if mode == "kd_online" else 0.0
-                kd["kd_ideal_ratio"] = 1.0 + teacher_flops / st["flops_per_step"]
+                kd["kd_ideal_ratio"] = kd_ideal_ratio(mode, st, tf)
             records += [by_mode[m] for m in order if m in by_mode and m in wanted]
             if on_progress is not None:
                 on_progress(records)

@@ -100,10 +100,13 @@ def dot_conv_flops(fn, *args) -> float:
 
 def program_flops(compiled, counted: float, devices: int = 1) -> tuple[float, str]:
     """(FLOPs of the whole program, their source) for `compiled` running on `devices` devices,
-    whose `dot_conv_flops` are `counted`: XLA's count ('compiled': per device times `devices`)
-    or, where that is under `COMPLETE` of `counted` (GPU library calls uncounted), `counted`
-    ('dot_conv')."""
-    xla = xla_flops(compiled) * devices
+    whose `dot_conv_flops` are `counted`: see `choose_flops`."""
+    return choose_flops(xla_flops(compiled) * devices, counted)
+
+
+def choose_flops(xla: float, counted: float) -> tuple[float, str]:
+    """XLA's count of a whole program ('compiled') or, where that is under `COMPLETE` of its
+    matmul + conv count `counted` (GPU library calls uncounted), `counted` ('dot_conv')."""
     if xla >= COMPLETE * counted:
         return xla, "compiled"
     return counted, "dot_conv"

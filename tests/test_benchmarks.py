@@ -124,3 +124,26 @@ def test_bad_arguments_fail_clearly(monkeypatch):
         throughput.run(["mlp"], ["kd_onlin"], [8])
     with pytest.raises(ValueError, match="batch_sizes"):
         throughput.run(["mlp"], ["student"], [0])
+
+
+def test_recount_matches_the_live_count_and_repairs_a_short_xla_count(tiny, monkeypatch):
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks.recount_flops import recount
+    records, _ = tiny
+    same = recount(records)
+    for before, after in zip(records, same):  # counted from abstract programs: the same FLOPs
+        assert after["flops_per_step_dot_conv"] == before["flops_per_step_dot_conv"]
+        assert after["flops_per_step"] == before["flops_per_step"]
+        assert after.get("kd_ideal_ratio") == pytest.approx(before.get("kd_ideal_ratio"))
+    # a backend that counted a tenth of every step (XLA on GPU): the matmul count takes over
+    short = [{**r, "flops_per_step_compiled_per_device": r["flops_per_step_compiled_per_device"]
+              / 10} for r in records]
+    fixed = {r["mode"]: r for r in recount(short)}
+    for r in fixed.values():
+        assert r["flops_source"] == "dot_conv"
+        assert r["flops_per_step"] == r["flops_per_step_dot_conv"]
+        assert r["fraction_of_peak"] == pytest.approx(
+            r["flops_per_step"] / r["step_time_s"] / r["peak_flops_per_second"])
+    assert fixed["kd_online"]["kd_ideal_ratio"] == pytest.approx(
+        1 + fixed["teacher_forward"]["flops_per_step"] / fixed["student"]["flops_per_step"])
+    assert fixed["kd_offline"]["kd_ideal_ratio"] == 1.0
