@@ -43,17 +43,7 @@ fi
 DATA=$(cd "$DATA" && pwd)
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute, before moving to the repository root
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
-if [[ -z "${PYTHON:-}" && -x .venv/bin/python ]]; then PY=.venv/bin/python; fi
-
-{
-  date -u +%FT%TZ
-  git rev-parse HEAD 2>/dev/null || true
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
-  "$PY" -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)
-print(jax.devices())'
-} >"$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
+source benchmarks/run_env.sh  # PY, and OUT/env.txt
 
 backend=$("$PY" -c 'import jax; print(jax.default_backend())' 2>/dev/null)
 if [[ "$backend" == "cpu" && "${ALLOW_CPU:-0}" != "1" ]]; then

@@ -18,18 +18,7 @@ set -uo pipefail
 OUT=${1:?usage: benchmarks/gpu.sh OUTDIR}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute, before moving to the repository root
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
-if [[ -z "${PYTHON:-}" && -x .venv/bin/python ]]; then PY=.venv/bin/python; fi
-
-{
-  date -u +%FT%TZ
-  git rev-parse HEAD 2>/dev/null || true
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
-    2>/dev/null || true
-  "$PY" -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)
-print(jax.devices())'
-} >"$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
+source benchmarks/run_env.sh  # PY, and OUT/env.txt
 
 rm -f "$OUT/throughput.json"
 timeout --signal=TERM --kill-after=15 "${LIMIT_S:-450}" "$PY" -m benchmarks.throughput \
