@@ -67,7 +67,7 @@ from absl import app, flags, logging
 from jaxdistill import augment, checkpoint, data
 from jaxdistill.experiment import scratch_config, teacher_config
 from jaxdistill.recipes import METHODS
-from jaxdistill.setup import model_cost, prepare_run
+from jaxdistill.run_setup import model_cost, prepare_run
 from jaxdistill.step import forward
 from jaxdistill.train import SUMMARY, train_and_evaluate
 

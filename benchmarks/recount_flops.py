@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from jaxdistill.flops import dot_conv_flops
-from jaxdistill.setup import abstract_batch
+from jaxdistill.run_setup import abstract_batch
 from jaxdistill.step import teacher_outputs
 from jaxdistill.train import compile_steps
 

@@ -1,7 +1,7 @@
 r"""Throughput of the jaxdistill step: student alone, teacher forward, online KD, KD + features.
 
 Every mode is built from the real package: a config (`benchmarks/pairs.py`) goes through
-`jaxdistill.setup.prepare_run`, the train step is `jaxdistill.train.compile_steps`, the teacher
+`jaxdistill.run_setup.prepare_run`, the train step is `jaxdistill.train.compile_steps`, the teacher
 forward is `jaxdistill.step.teacher_outputs`. Teacher variables are random (no checkpoint is
 needed to time a step), created by the teacher's model factory straight into their shardings;
 batches are synthetic and placed with the run's batch sharding.
@@ -62,7 +62,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxdistill import parallel
 from jaxdistill.flops import choose_flops, jaxpr_dot_conv_flops, xla_flops
-from jaxdistill.setup import DTYPES, RunSetup, model_factory, prepare_run
+from jaxdistill.run_setup import DTYPES, RunSetup, model_factory, prepare_run
 from jaxdistill.step import teacher_outputs
 from jaxdistill.store import StoreLayout, topk_entries
 from jaxdistill.train import compile_steps

@@ -15,7 +15,7 @@ import os
 import jax
 import ml_collections
 
-from jaxdistill.setup import prepare_run
+from jaxdistill.run_setup import prepare_run
 from jaxdistill.train import SUMMARY, train_and_evaluate
 
 

@@ -8,8 +8,8 @@ logits (all classes with --top_k=0), the log-sum-exp of its logits and the named
 an ArrayRecord store in DIR (new or empty), addressable by example index. Process 0 writes;
 multi-process runs take main.py's --distributed flags.
 
-The library lives in `jaxdistill.store` (`TeacherStore`, `dense_teacher_logits`, `write_store`,
-the fingerprint checks); its names are also importable from here.
+The library lives in `jaxdistill.store` (`TeacherStore`, `dense_teacher_logits`, the fingerprint
+checks) and `jaxdistill.store.writer` (`write_store`); its names are also importable from here.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id.")
 
 def __getattr__(name):  # the library's names, imported lazily (JAX must not start before main)
     from jaxdistill import store
+    from jaxdistill.store import writer
+    if name == "write_store":
+        return writer.write_store
     if name in store.__all__:
         return getattr(store, name)
     raise AttributeError(f"module 'jaxdistill.teacher_store' has no attribute '{name}'")
@@ -51,7 +54,7 @@ def main(argv):
             num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value))
     except (ValueError, RuntimeError) as e:
         sys.exit(f"jaxdistill.teacher_store: error: {e}")
-    from jaxdistill.store import write_store  # after initialize
+    from jaxdistill.store.writer import write_store  # after initialize
     with distributed.fail_fast():
         try:
             write_store(_CONFIG.value, _STORE.value, top_k=_TOP_K.value,

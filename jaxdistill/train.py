@@ -14,7 +14,7 @@ from absl import logging
 from jaxdistill import checkpoint, data, parallel, store
 from jaxdistill.metrics import MetricWriter, format_duration, progress_line
 from jaxdistill.preemption import PreemptionWatch
-from jaxdistill.setup import RunSetup, model_cost, prepare_run
+from jaxdistill.run_setup import RunSetup, model_cost, prepare_run
 from jaxdistill.step import (
     eval_step,
     eval_sums,

@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxdistill.flops import dot_conv_flops, program_flops, xla_flops
 from jaxdistill.models import build_model
-from jaxdistill.setup import model_cost
+from jaxdistill.run_setup import model_cost
 
 
 def _conv(stride, padding, lhs_dilation, rhs_dilation):

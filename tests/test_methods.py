@@ -101,7 +101,7 @@ def test_aux_state_survives_resume(method, teacher, tmp_path):
     ("crd", "num_negatives", 5000, "config.objective.crd: num_negatives must be in [1, 1436]"),
 ])
 def test_invalid_method_settings_fail_before_compiling(method, field, value, message, teacher):
-    from jaxdistill.setup import prepare_run
+    from jaxdistill.run_setup import prepare_run
     config = _config(method, teacher)
     term = {"fitnet": "hint"}.get(method, method)
     config.objective[term][field] = value

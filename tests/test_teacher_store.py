@@ -25,8 +25,8 @@ from jaxdistill.store import (
     expected_fingerprint,
     teacher_outputs_from_batch,
     teacher_sha256,
-    write_store,
 )
+from jaxdistill.store.writer import write_store
 from jaxdistill.train import train_and_evaluate
 
 C = 10  # digits classes
@@ -52,7 +52,7 @@ def kd_config(tmp_path_factory):
 @pytest.fixture(scope="module")
 def teacher(kd_config):
     """The restored teacher as plain NumPy arrays, and its fingerprint."""
-    from jaxdistill.setup import prepare_run
+    from jaxdistill.run_setup import prepare_run
     setup = prepare_run(kd_config)
     abstract = {k: setup.teacher_abstract[k] for k in ("params", "batch_stats")}
     variables = checkpoint.load_teacher(kd_config.teacher.checkpoint, abstract)
@@ -343,7 +343,7 @@ def test_training_from_the_store_runs_without_the_teacher(kd_config, full_store,
                                                           tmp_path):
     """The trainer reading a full-k store follows the online KD run step for step; a
     top-3 store stays close. The jitted step takes no teacher variables."""
-    from jaxdistill.setup import prepare_run
+    from jaxdistill.run_setup import prepare_run
     base = _set(kd_config, baseline=False, log_every=1, num_steps=8)
     online_summary = train_and_evaluate(base, str(tmp_path / "online"))
     stored = _set(base, **{"teacher.store": full_store.path})

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, load_config, set_fields
 
 from jaxdistill import checkpoint, data, experiment
-from jaxdistill.setup import abstract_batch, prepare_run
+from jaxdistill.run_setup import abstract_batch, prepare_run
 from jaxdistill.step import forward, teacher_step
 from jaxdistill.train import compile_steps, load_teachers, train_and_evaluate
 

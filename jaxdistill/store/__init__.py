@@ -5,7 +5,9 @@ teacher once over a split and writes, per example, its top-k logits, the log-sum
 logits (and of the logits outside the top k) and optionally named features, in ArrayRecord files
 addressable by example index. The trainer reads them back through the data layer's
 `extra_fields` hook (`TeacherStore.lookup`) and rebuilds dense teacher logits in the step
-(`dense_teacher_logits`). See `format` for the on-disk layout and the fingerprint.
+(`dense_teacher_logits`). See `format` for the on-disk layout and the fingerprint. The writer
+(`store.writer.write_store`) builds a whole run, so it is imported from its module: this
+package stays importable by the run setup and the step.
 """
 
 from jaxdistill.store.dense import dense_teacher_logits, teacher_outputs_from_batch, topk_entries
@@ -22,15 +24,6 @@ from jaxdistill.store.format import (
 )
 
 
-def __getattr__(name):
-    # The writer builds a whole run (setup, step); importing it lazily lets the step import
-    # the store's reading side without a cycle.
-    if name == "write_store":
-        from jaxdistill.store.writer import write_store
-        return write_store
-    raise AttributeError(name)
-
-
 __all__ = [
     "FIELD_PREFIX",
     "StoreLayout",
@@ -44,5 +37,4 @@ __all__ = [
     "teacher_outputs_from_batch",
     "teacher_sha256",
     "topk_entries",
-    "write_store",
 ]

@@ -19,7 +19,7 @@ from array_record.python import array_record_module
 from jax.experimental import multihost_utils
 
 from jaxdistill import augment, checkpoint, data
-from jaxdistill.setup import prepare_run
+from jaxdistill.run_setup import prepare_run
 from jaxdistill.step import forward
 from jaxdistill.store.dense import topk_entries
 from jaxdistill.store.format import (
