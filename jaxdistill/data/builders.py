@@ -1,4 +1,5 @@
-"""Offline TFDS builders: digit datasets that ship inside installed packages, no network.
+"""Offline TFDS builders: digit datasets that ship inside installed packages, no network
+(the text datasets are in `text_builders`; `build_offline` builds either).
 
 Both are written in `array_record` (random access, readable without TensorFlow), images as raw
 uint8 tensors, in generation order (`disable_shuffling=True`): example `i` of a split is the
@@ -13,6 +14,8 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from jaxdistill.data.text_builders import TEXT_BUILDERS
 
 _DOWNLOAD_CONFIG = tfds.download.DownloadConfig(try_download_gcs=False)
 
@@ -105,21 +108,23 @@ class Digits(_OfflineDigits):
 OFFLINE_BUILDERS = {"mnist5k": Mnist5k, "digits": Digits}
 
 
-def build_offline(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
-    """Builds `name` into `data_dir` unless already there; returns the prepared builder.
+def build_offline(name: str, data_dir: str, config=None) -> tfds.core.DatasetBuilder:
+    """Builds `name` (an image dataset of OFFLINE_BUILDERS, or a text dataset of
+    `text_builders.TEXT_BUILDERS` with its `TextConfig`) into `data_dir` unless already there;
+    returns the prepared builder.
 
     TFDS writes into a uniquely named `incomplete.*` sibling directory and renames it into
     place only on success, so an interrupted build leaves nothing that later calls mistake
     for a prepared dataset. When processes race, the first rename wins and the others reuse it.
     """
-    builder_cls = OFFLINE_BUILDERS[name]
-    builder = builder_cls(data_dir=data_dir, file_format="array_record")
+    builder_cls = {**OFFLINE_BUILDERS, **TEXT_BUILDERS}[name]
+    builder = builder_cls(data_dir=data_dir, config=config, file_format="array_record")
     try:
         builder.download_and_prepare(download_config=_DOWNLOAD_CONFIG)
     except OSError:
         if not builder.is_prepared():
             raise
-        builder = builder_cls(data_dir=data_dir)
+        builder = builder_cls(data_dir=data_dir, config=config)
     return builder
 
 

@@ -1,7 +1,7 @@
 """The `grain` reading path: random access to array_record through `tfds` data sources.
 
-Each process reads only its own rows of each global batch. Batches are read on grain's
-threads and prefetched in order; no TensorFlow is involved.
+Reads image and token datasets. Each process reads only its own rows of each global batch.
+Batches are read on grain's threads and prefetched in order; no TensorFlow is involved.
 """
 
 import sys
@@ -13,11 +13,12 @@ import numpy as np
 from jaxdistill.data import sampling
 from jaxdistill.data.source import DatasetInfo, tfds_builder
 
+KINDS = ("image", "tokens")  # the DatasetInfo kinds this reader reads
 READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=8)  # one element = one batch
 
 
 def _data_source(info: DatasetInfo, split: str):
-    builder = tfds_builder(info.name, info.data_dir)
+    builder = tfds_builder(info.tfds_name, info.data_dir)
     try:
         return builder.as_data_source(split)
     except NotImplementedError as e:
@@ -30,6 +31,8 @@ def _data_source(info: DatasetInfo, split: str):
 def _read(source, info: DatasetInfo, indices: np.ndarray, rows: int, with_mask: bool) -> dict:
     """Reads examples `indices` into a host batch padded to `rows` rows."""
     examples = source.__getitems__(indices.tolist())
+    if info.kind == "tokens":
+        return sampling.token_batch(examples, indices, rows, info.seq_len, with_mask=with_mask)
     images = np.array([e["image"] for e in examples], np.uint8).reshape(-1, *info.image_shape)
     labels = [e["label"] for e in examples]
     return sampling.make_batch(images, labels, indices, rows, with_mask=with_mask)

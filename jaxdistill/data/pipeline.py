@@ -1,9 +1,11 @@
 """Train and eval iterators that yield global, sharded batches.
 
 A batch is a dict of global `jax.Array`s placed with the given sharding, assembled from each
-process's rows with `jax.make_array_from_process_local_data`:
-image float32 [B, H, W, C] in [0, 1], label int32 [B], index int32 [B] (example index within
-the split, -1 on padding) and, for eval, mask float32 [B] (1 real, 0 padding).
+process's rows with `jax.make_array_from_process_local_data`. Image dataset: image float32
+[B, H, W, C] in [0, 1], label int32 [B]. Token dataset (`info.kind == "tokens"`, grain only):
+inputs, targets, segment_ids, positions int32 [B, L] and weights float32 [B, L] (see
+`packing`). Both: index int32 [B] (example index within the split, -1 on padding) and, for
+eval, mask float32 [B] (1 real, 0 padding); padding rows are 0 in every other field.
 Batch composition is described in `sampling` (grain) and `tf_reader` (tf).
 
 `extra_fields` (optional, both iterators): a function of one process's LOCAL host batch (numpy,
@@ -97,6 +99,10 @@ def _validate(info: DatasetInfo, split, split_field, reader, global_batch_size, 
         )
     if reader not in READERS:
         raise ValueError(f"config.data.reader={reader!r}: expected one of {sorted(READERS)}")
+    if info.kind not in READERS[reader].KINDS:
+        able = sorted(r for r, module in READERS.items() if info.kind in module.KINDS)
+        raise ValueError(f"config.data.reader={reader!r} cannot read {info.kind} datasets such "
+                         f"as {info.name}: use config.data.reader={able[0]!r}")
     processes = jax.process_count()
     if global_batch_size <= 0 or global_batch_size % processes:
         raise ValueError(

@@ -12,6 +12,8 @@ Eval: global batch `n` holds examples [n*B, (n+1)*B) in order; the last one is p
 import grain
 import numpy as np
 
+from jaxdistill.data import packing
+
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """The 32-bit shuffle seed of one epoch (distinct runs do not share epochs)."""
@@ -45,18 +47,30 @@ def process_rows(rows: np.ndarray, process_index: int, process_count: int) -> np
     return rows[process_index * size : (process_index + 1) * size]
 
 
-def make_batch(images, labels, indices, rows: int, *, with_mask: bool = False) -> dict:
-    """A host batch of `rows` rows: image float32 in [0, 1], label and index int32.
+def pad_rows(fields: dict, indices, rows: int, *, with_mask: bool = False) -> dict:
+    """A host batch of `rows` rows: `fields` (each [len(indices), ...]), then index int32.
 
-    Rows past the given examples are padding: zero image and label, index -1, and (with
+    Rows past the given examples are padding: zero in every field, index -1, and (with
     `with_mask`) mask 0.0 where real rows have 1.0.
     """
     pad = rows - len(indices)
-    batch = {
-        "image": np.pad(np.asarray(images, np.float32) / 255.0, [(0, pad)] + [(0, 0)] * 3),
-        "label": np.pad(np.asarray(labels, np.int32), (0, pad)),
-        "index": np.pad(np.asarray(indices, np.int32), (0, pad), constant_values=-1),
-    }
+    batch = {k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in fields.items()}
+    batch["index"] = np.pad(np.asarray(indices, np.int32), (0, pad), constant_values=-1)
     if with_mask:
         batch["mask"] = (np.arange(rows) < len(indices)).astype(np.float32)
     return batch
+
+
+def make_batch(images, labels, indices, rows: int, *, with_mask: bool = False) -> dict:
+    """A host image batch (`pad_rows`): image float32 in [0, 1], label int32, index, mask."""
+    fields = {"image": np.asarray(images, np.float32) / 255.0, "label": np.asarray(labels, np.int32)}
+    return pad_rows(fields, indices, rows, with_mask=with_mask)
+
+
+def token_batch(examples, indices, rows: int, seq_len: int, *, with_mask: bool = False) -> dict:
+    """A host token batch (`pad_rows`) from examples holding `packing.FIELDS` [seq_len]."""
+    fields = {
+        k: np.array([e[k] for e in examples], dtype).reshape(-1, seq_len)
+        for k, dtype in packing.FIELDS.items()
+    }
+    return pad_rows(fields, indices, rows, with_mask=with_mask)

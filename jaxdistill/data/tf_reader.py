@@ -1,4 +1,5 @@
 """The `tf` reading path: TFDS tfrecord files through tf.data. TensorFlow is imported here only.
+It reads image datasets only (token datasets: the `grain` reader).
 
 Train: process p of P reads its even share of the split, examples [p*N//P, (p+1)*N//P), in file
 order, shuffled each epoch through a buffer of `SHUFFLE_BUFFER` examples seeded with
@@ -20,6 +21,7 @@ from jaxdistill.data import sampling
 from jaxdistill.data.builders import OFFLINE_BUILDERS, add_tfrecord_copy, tfrecord_files
 from jaxdistill.data.source import DatasetInfo, tfds_builder
 
+KINDS = ("image",)  # the DatasetInfo kinds this reader reads
 SHUFFLE_BUFFER = 50_000
 _TFRECORD = tfds.core.FileFormat.TFRECORD
 
