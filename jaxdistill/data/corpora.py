@@ -1,4 +1,4 @@
-"""Offline text that ships with every Python, as ordered lists of documents.
+"""Offline text that ships with every Python, as ordered streams of documents.
 
 `pystdlib`: every `.py` file under the standard library directory
 (`sysconfig.get_paths()['stdlib']`), one document per file in sorted relative-path order,
@@ -18,6 +18,7 @@ import ast
 import dataclasses
 import pathlib
 import sysconfig
+from collections.abc import Iterator
 
 EXCLUDED_DIRS = frozenset(
     {"site-packages", "dist-packages", "test", "tests", "idle_test", "idlelib", "__pycache__"}
@@ -37,33 +38,33 @@ def _stdlib_root() -> pathlib.Path:
     return pathlib.Path(sysconfig.get_paths()["stdlib"])
 
 
-def _stdlib_files() -> list[tuple[str, str]]:
+def _stdlib_files() -> Iterator[tuple[str, str]]:
     """(relative path, source text) of the pystdlib files, in sorted relative-path order."""
     root = _stdlib_root()
-    files = []
+    paths = []
     for path in root.rglob("*.py"):
         parts = path.relative_to(root).parts
-        if (
+        if not (
             EXCLUDED_DIRS & set(parts[:-1])
             or (len(parts) > 1 and parts[0].startswith("config-"))
             or parts[-1].startswith("_sysconfigdata")
             or parts == ("pydoc_data", "topics.py")
         ):
-            continue
-        text = path.read_text(encoding="utf-8")
+            paths.append("/".join(parts))
+    for relative in sorted(paths):
+        text = (root / relative).read_text(encoding="utf-8")
         if text:
-            files.append(("/".join(parts), text))
-    return sorted(files)
+            yield relative, text
 
 
-def pystdlib() -> list[Document]:
-    return [Document(key, text) for key, text in _stdlib_files()]
+def pystdlib() -> Iterator[Document]:
+    return (Document(key, text) for key, text in _stdlib_files())
 
 
-def pydoc_topics() -> list[Document]:
+def pydoc_topics() -> Iterator[Document]:
     from pydoc_data.topics import topics
 
-    return [Document(key, topics[key]) for key in sorted(topics)]
+    return (Document(key, topics[key]) for key in sorted(topics))
 
 
 def _functions(path: str, source: str) -> list[Document]:
@@ -83,8 +84,8 @@ def _functions(path: str, source: str) -> list[Document]:
     return [document for _, document in sorted(documents, key=lambda pair: pair[0])]
 
 
-def pystdlib_functions() -> list[Document]:
-    return [doc for path, source in _stdlib_files() for doc in _functions(path, source)]
+def pystdlib_functions() -> Iterator[Document]:
+    return (doc for path, source in _stdlib_files() for doc in _functions(path, source))
 
 
 CORPORA = {

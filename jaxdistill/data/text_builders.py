@@ -20,6 +20,7 @@ given tokenizer: e.g. `pystdlib/v8192_l256_all`, `pydoc_topics/v512_l64_d40`.
 """
 
 import dataclasses
+import itertools
 import os
 import platform
 import shutil
@@ -82,7 +83,7 @@ class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
         cfg = self.builder_config
-        documents = corpora.CORPORA[self.CORPUS]()[: cfg.max_documents or None]
+        documents = list(itertools.islice(corpora.CORPORA[self.CORPUS](), cfg.max_documents or None))
         splits = {
             "train": [d for i, d in enumerate(documents) if i % TEST_EVERY],
             "test": [d for i, d in enumerate(documents) if i % TEST_EVERY == 0],
