@@ -126,6 +126,9 @@ def test_pack_edge_cases():
     out = packing.pack([[3], []], seq_len=2, eot_id=0)  # an empty document has no position
     np.testing.assert_array_equal(out["inputs"], [[3, 0]])
     np.testing.assert_array_equal(out["segment_ids"], [[1, 0]])
+    for bad in [(3, 4), ([3],), ([3], [4], [5]), [[3, 4]]]:  # a tuple of ids is not a plain document
+        with pytest.raises(ValueError, match="a document is"):
+            packing.pack([bad], seq_len=2, eot_id=0)
 
 
 def test_windows_are_aligned_and_never_cross_documents(stdlib):

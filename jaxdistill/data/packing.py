@@ -12,8 +12,9 @@ no target is lost. Per window (fields `FIELDS`, each [seq_len]):
   positions        0, 1, ... restarting at each piece (so always < seq_len), 0 on padding
   weights          1.0 where the target is a trained token of the same document, else 0.0
 
-A document may be a pair (prompt_ids, completion_ids): targets inside the prompt get weight 0,
-only the completion's targets and the final end-of-text count. Padding is 0 in every field.
+A plain document is a list or 1-D array of ids; a tuple (prompt_ids, completion_ids) is a
+prompt/completion document: targets inside the prompt get weight 0, only the completion's
+targets and the final end-of-text count. Padding is 0 in every field.
 """
 
 from collections.abc import Sequence
@@ -33,10 +34,12 @@ Document = Sequence[int] | tuple[Sequence[int], Sequence[int]]
 
 def _tokens_and_weights(document: Document, eot_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(token ids incl. the final end-of-text, per-target weights of length len(ids) - 1)."""
-    if isinstance(document, tuple):
-        prompt, completion = (np.asarray(part, np.int64).reshape(-1) for part in document)
-    else:
-        prompt, completion = np.zeros(0, np.int64), np.asarray(document, np.int64).reshape(-1)
+    parts = document if isinstance(document, tuple) else ((), document)
+    arrays = [np.asarray(part, np.int64) for part in parts]
+    if len(arrays) != 2 or any(a.ndim != 1 for a in arrays):
+        raise ValueError("a document is a list or 1-D array of token ids, or a tuple "
+                         "(prompt ids, completion ids) of two of them")
+    prompt, completion = arrays
     tokens = np.concatenate([prompt, completion, [eot_id]])
     target_index = np.arange(1, len(tokens))  # the token each position predicts
     return tokens, (target_index >= len(prompt)).astype(np.float32)
