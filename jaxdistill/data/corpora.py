@@ -34,13 +34,9 @@ class Document:
     prompt: str = ""
 
 
-def _stdlib_root() -> pathlib.Path:
-    return pathlib.Path(sysconfig.get_paths()["stdlib"])
-
-
 def _stdlib_files() -> Iterator[tuple[str, str]]:
     """(relative path, source text) of the pystdlib files, in sorted relative-path order."""
-    root = _stdlib_root()
+    root = pathlib.Path(sysconfig.get_paths()["stdlib"])
     paths = []
     for path in root.rglob("*.py"):
         parts = path.relative_to(root).parts

@@ -44,7 +44,9 @@ class TextConfig(tfds.core.BuilderConfig):
     tokenizer: str = ""
 
 
-def text_config(vocab_size: int, seq_len: int, max_documents: int, tokenizer_path: str):
+def text_config(vocab_size: int, seq_len: int, max_documents: int,
+                tokenizer_path: str) -> TextConfig:
+    """The config of these options, named as in the module doc."""
     docs = f"d{max_documents}" if max_documents else "all"
     name = f"v{vocab_size}_l{seq_len}_{docs}"
     if tokenizer_path:
