@@ -64,7 +64,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from jaxdistill import augment, checkpoint, data
+from jaxdistill import checkpoint, data
 from jaxdistill.experiment import scratch_config, teacher_config
 from jaxdistill.recipes import METHODS
 from jaxdistill.run_setup import model_cost, prepare_run
@@ -413,7 +413,7 @@ def predict(config, workdir: str, *, cost: bool = True) -> dict:
 
     @jax.jit
     def predict_batch(v, images):
-        x = augment.apply(ctx.augment, images, None, train=False)
+        x = ctx.task.inputs({"image": images}, None, train=False).x
         logits, _, _ = forward(ctx.student_def, v["params"], v["batch_stats"], x, train=False)
         return jnp.argmax(logits, -1)
     preds, labels = [], []

@@ -24,7 +24,6 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from jaxdistill.flops import dot_conv_flops
-from jaxdistill.run_setup import abstract_batch
 from jaxdistill.step import teacher_outputs
 from jaxdistill.train import compile_steps
 
@@ -50,7 +49,7 @@ def counted_flops(pair: str, mode: str, batch_size: int, dtype: str, store_top_k
     setup = bench.setup(mode)
     train_fn, _ = compile_steps(setup)
     return dot_conv_flops(train_fn, setup.abstract_state, setup.teacher_input_abstract,
-                          abstract_batch(setup.info, batch_size, setup.store))
+                          setup.abstract_batch(batch_size))
 
 
 def recount(records: list[dict]) -> list[dict]:

@@ -7,6 +7,7 @@ import ml_collections
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.task = "classification"       # 'classification' | 'causal_lm' (jaxdistill.tasks)
     c.seed = 0                      # init, data order, augmentation and dropout all derive from it
     c.batch_size = 128              # global batch, split over the mesh's data axis
     c.eval_batch_size = 500         # global eval batch (the last one is padded and masked)
@@ -28,6 +29,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.augment_pixels = 0       # shift / padding in pixels
     c.data.mean = (0.0,)            # per-channel mean subtracted after scaling to [0, 1]
     c.data.std = (1.0,)             # per-channel std divided by
+    c.data.vocab_size = 8192        # token datasets: BPE vocabulary trained with the dataset
+    c.data.seq_len = 256            # token datasets: positions per packed window
+    c.data.max_documents = 0        # token datasets: keep the first N documents (0 = all)
+    c.data.tokenizer = ""           # token datasets: '' = train one; or a tokenizer.json path
+
+    c.lm = ml_collections.ConfigDict()
+    c.lm.chunk_size = 0             # causal_lm: logit terms over chunks of this many positions
+    # (0 = the naive form, which holds [B, L, V] logits); must divide data.seq_len
+    c.lm.sample_prompt = "def "     # causal_lm demo: the prompt of the samples in its table
+    c.lm.sample_tokens = 48         # causal_lm demo: tokens sampled per model
 
     c.student = ml_collections.ConfigDict()
     c.student.model = "mlp_student"  # registry name (jaxdistill.models.model_names())
@@ -69,8 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1)          # devices per axis; one -1 takes the rest
     c.mesh.axes = ("data", "model")  # axis names; the batch is split over 'data'
-    c.mesh.student_rule = "replicated"  # 'replicated' | 'fsdp' (over data) | 'tensor' (over model)
+    c.mesh.student_rule = "replicated"  # 'replicated' | 'fsdp' (over data) | 'tensor' (over model) | 'fsdp_tensor'
     c.mesh.teacher_rule = "replicated"  # same choices, set separately for the teacher
+    c.mesh.student_axis_rules = ()  # (logical name, mesh axis | None) pairs over the rule's preset
+    c.mesh.teacher_axis_rules = ()  # the same for the teacher (named params: the decoder LMs)
     c.mesh.teacher_devices = 0      # N > 0: the teacher runs on the last N devices, its own mesh
     return c
 

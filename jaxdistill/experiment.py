@@ -62,41 +62,74 @@ def run(config, workdir: str) -> dict:
     if trains_teacher:
         config.teacher.checkpoint = os.path.join(workdir, "teacher")
     summaries = {name: train_and_evaluate(cfg, wd) for name, cfg, wd in stages}
-    summary = dict(summaries["student"])
-    if "scratch" in summaries:
-        summary["scratch_accuracy"] = summaries["scratch"]["student_accuracy"]
-        summary["scratch_examples_per_second"] = summaries["scratch"]["examples_per_second"]
-        summary["scratch_params_sha256"] = summaries["scratch"]["student_params_sha256"]
-    if "teacher" in summaries:
-        summary["teacher_examples_per_second"] = summaries["teacher"]["examples_per_second"]
+    summary = merge_summaries(summaries)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, SUMMARY), "w") as f:
             json.dump(summary, f, indent=2)
-        if len(summaries) > 1 or "teacher_accuracy" in summary:
+        if len(summaries) > 1 or "teacher_model" in summary:
             print(comparison_table(summary), flush=True)
     return summary
 
 
+def merge_summaries(summaries: dict[str, dict]) -> dict:
+    """The distilled run's summary plus the scratch run's student metrics as `scratch_*`
+    and the teacher run's throughput."""
+    summary = dict(summaries["student"])
+    per = next(k for k in summary if k.endswith("_per_second"))
+    if "scratch" in summaries:
+        summary.update({f"scratch_{k.removeprefix('student_')}": v
+                        for k, v in summaries["scratch"].items()
+                        if k.startswith("student_") and not k.startswith(("student_model",
+                                                                          "student_params",
+                                                                          "student_flops"))})
+        summary[f"scratch_{per}"] = summaries["scratch"][per]
+        summary["scratch_params_sha256"] = summaries["scratch"]["student_params_sha256"]
+    if "teacher" in summaries:
+        summary[f"teacher_{per}"] = summaries["teacher"][per]
+    return summary
+
+
+# (header, summary key without the model prefix, format) per task
+_COLUMNS = {
+    "classification": (("top-1 acc", "accuracy", "{:.4f}"),),
+    "causal_lm": (("perplexity", "perplexity", "{:.3f}"), ("token acc", "accuracy", "{:.4f}")),
+}
+
+
 def comparison_table(s: dict) -> str:
-    """Teacher / scratch student / distilled student: accuracy, agreement, size, speed."""
-    rows = [("model", "top-1 acc", "agreement", "params", "FLOPs/example", "train ex/s")]
-    if "teacher_accuracy" in s:
-        rows.append((f"teacher ({s['teacher_model']})", f"{s['teacher_accuracy']:.4f}", "1.0000",
-                     f"{s['teacher_params']:,}", f"{s['teacher_flops_per_example']:,.0f}",
-                     f"{s['teacher_examples_per_second']:,.0f}"
-                     if "teacher_examples_per_second" in s else "-"))
-    student = (f"{s['student_params']:,}", f"{s['student_flops_per_example']:,.0f}")
-    if "scratch_accuracy" in s:
-        rows.append((f"student from scratch ({s['student_model']})", f"{s['scratch_accuracy']:.4f}",
-                     "-", *student, f"{s['scratch_examples_per_second']:,.0f}"))
-    rows.append((f"distilled student ({s['student_model']})", f"{s['student_accuracy']:.4f}",
-                 f"{s['agreement']:.4f}" if "agreement" in s else "-", *student,
-                 f"{s['examples_per_second']:,.0f}"))
+    """Teacher / scratch student / distilled student: the task's metrics, agreement with
+    the teacher, size, FLOPs and training speed."""
+    task = s.get("task", "classification")
+    columns = _COLUMNS[task]
+    unit, short = ("token", "tok") if task == "causal_lm" else ("example", "ex")
+    per = f"{unit}s_per_second"
+
+    def metrics(prefix):
+        return tuple(fmt.format(s[f"{prefix}_{key}"]) for _, key, fmt in columns)
+
+    def speed(key):
+        return f"{s[key]:,.0f}" if key in s else "-"
+    rows = [("model", *(h for h, _, _ in columns), "agreement", "params", f"FLOPs/{unit}",
+             f"train {short}/s")]
+    if "teacher_model" in s:
+        rows.append((f"teacher ({s['teacher_model']})", *metrics("teacher"), "-",
+                     f"{s['teacher_params']:,}", f"{s[f'teacher_flops_per_{unit}']:,.0f}",
+                     speed(f"teacher_{per}")))
+    student = (f"{s['student_params']:,}", f"{s[f'student_flops_per_{unit}']:,.0f}")
+    if "scratch_params_sha256" in s:
+        rows.append((f"student from scratch ({s['student_model']})", *metrics("scratch"), "-",
+                     *student, speed(f"scratch_{per}")))
+    rows.append((f"distilled student ({s['student_model']})", *metrics("student"),
+                 f"{s['agreement']:.4f}" if "agreement" in s else "-", *student, speed(per)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                        enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
-    if "scratch_accuracy" in s:
+    if "scratch_params_sha256" in s and task == "causal_lm":
+        lines.append(f"distillation gain over scratch: perplexity {s['scratch_perplexity']:.3f} "
+                     f"-> {s['student_perplexity']:.3f} "
+                     f"({100 * (s['student_perplexity'] / s['scratch_perplexity'] - 1):+.1f}%)")
+    elif "scratch_params_sha256" in s:
         lines.append(f"distillation gain over scratch: "
                      f"{100 * (s['student_accuracy'] - s['scratch_accuracy']):+.2f} points")
     return "\n".join(lines)

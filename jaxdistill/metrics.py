@@ -19,17 +19,18 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
-def progress_line(step: int, total: int, scalars: dict[str, float], examples_per_second: float,
-                  eta_seconds: float) -> str:
-    """E.g. `step 100/1000 | loss 0.512 ce 0.31 kd 0.20 | lr 0.1 | 4,210 ex/s | ETA 0m21s`."""
+def progress_line(step: int, total: int, scalars: dict[str, float], items_per_second: float,
+                  eta_seconds: float, unit: str = "examples") -> str:
+    """E.g. `step 100/1000 | loss 0.512 ce 0.31 kd 0.20 | lr 0.1 | 4,210 ex/s | ETA 0m21s`
+    (`tok/s` when the `unit` is tokens)."""
     lr = scalars.get("learning_rate")
     names = sorted((k for k in scalars if k != "learning_rate"), key=lambda k: (k != "loss", k))
     terms = " ".join(f"{k} {scalars[k]:.4g}" for k in names)
     parts = [f"step {step}/{total}", terms]
     if lr is not None:
         parts.append(f"lr {lr:.3g}")
-    eta = format_duration(eta_seconds) if examples_per_second > 0 else "-"
-    parts += [f"{examples_per_second:,.0f} ex/s", f"ETA {eta}"]
+    eta = format_duration(eta_seconds) if items_per_second > 0 else "-"
+    parts += [f"{items_per_second:,.0f} {'tok' if unit == 'tokens' else 'ex'}/s", f"ETA {eta}"]
     return " | ".join(parts)
 
 

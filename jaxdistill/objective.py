@@ -8,27 +8,48 @@ can appear twice under different names, e.g. attention transfer on two stages)::
                             at=dict(weight=1000.0, student_feature="stage3",
                                     teacher_feature="stage3"))
 
-Per-example terms are averaged over the batch; batch-level terms are used as they are.
-The terms themselves live in `jaxdistill.terms`.
+Per-example and per-position terms are reduced by the weighted mean
+`sum(v * w) / max(sum(w), 1)` with the task's weights (ones for classification, the token
+mask of a language model), so padding and document boundaries never count; batch-level
+terms are used as they are. The task's train metrics (accuracy, agreement) are reduced
+the same way. In a chunked step (`Views.chunks`) the logit terms and metrics run chunk by
+chunk over the sequence (`jaxdistill.losses.chunked`). The terms live in `jaxdistill.terms`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdistill.losses.chunked import weighted_sums
 from jaxdistill.terms import TERMS, AuxIO, TermOutput, TermSpec, Views
 
 _COMMON = ("loss", "weight", "warmup_steps", "teacher")
 PRIMARY = "teacher"   # the name of `config.teacher` among several teachers
 MEAN = "mean"         # a term's teacher='mean': the average of all teachers' softened probabilities
 FEATURE_FIELDS = ("student_feature", "teacher_feature")
+RESERVED_NAMES = ("loss", "grad_norm", "learning_rate")  # metrics the step reports itself
+
+
+def weighted_mean(value: jax.Array, weights: jax.Array | None) -> jax.Array:
+    """`sum(value * weights) / max(sum(weights), 1)` (weights None: all 1); a scalar
+    (batch-level) value as is."""
+    value = value.astype(jnp.float32)
+    if value.ndim == 0:
+        return value
+    if weights is None:
+        weights = jnp.ones(value.shape, jnp.float32)
+    if value.shape != weights.shape:
+        raise ValueError(f"returned values of shape {value.shape}, but the task weighs "
+                         f"positions of shape {weights.shape}")
+    return jnp.sum(value * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +92,17 @@ class Term:
 @dataclasses.dataclass(frozen=True)
 class Objective:
     terms: tuple[Term, ...]
+    metrics: tuple[tuple[str, Callable[[Views], jax.Array]], ...] = ()  # per-position, no grad
 
     @property
     def needs_teacher(self) -> bool:
         return any(t.spec.needs_teacher for t in self.terms)
+
+    @property
+    def needs_attention_maps(self) -> bool:
+        """Whether a term reads a model's attention maps (features named `attn<i>`)."""
+        return any(field in FEATURE_FIELDS and str(value).startswith("attn")
+                   for t in self.terms for field, value in t.hparams)
 
     @property
     def aux_terms(self) -> tuple[Term, ...]:
@@ -113,7 +141,7 @@ class Objective:
                 if module is not None:
                     term = dataclasses.replace(term, aux_def=nnx.split(module)[0])
             terms.append(term)
-        return Objective(tuple(terms))
+        return Objective(tuple(terms), self.metrics)
 
     def init_aux(self, views: Views, rng: jax.Array) -> tuple[dict, dict]:
         """Initial aux params {term: nnx.State} and running state {term: pytree}."""
@@ -128,28 +156,53 @@ class Objective:
 
     def __call__(self, views: Views, step: jax.Array, aux_params: Mapping | None = None,
                  aux_state: Mapping | None = None, rng: jax.Array | None = None):
-        """Returns (weighted total, {term: batch-reduced value, ...}, new aux state)."""
+        """Returns (weighted total, {term: reduced value, ..., metric: value}, new aux state)."""
+        weights = views.weights
+        chunked = self._chunked(views) if views.chunks is not None else {}
         values, new_state = {}, dict(aux_state or {})
         total = jnp.float32(0.0)
         for i, term in enumerate(self.terms):
-            kwargs = dict(term.hparams)
-            if term.spec.make_aux is not None:
-                module = (nnx.merge(term.aux_def, aux_params[term.name])
-                          if term.aux_def is not None else None)
-                kwargs["aux"] = AuxIO(module, new_state.get(term.name),
-                                      jax.random.fold_in(rng, i), term.num_data)
-            try:
-                out = term.spec.fn(term.views_for(views), **kwargs)
-            except ValueError as e:
-                raise ValueError(f"config.objective.{term.name}: {e}") from None
-            out = out if isinstance(out, TermOutput) else TermOutput(out)
-            value = jnp.mean(out.value.astype(jnp.float32))
-            values[term.name] = value
+            if term.name in chunked:
+                out = TermOutput(chunked[term.name])
+            else:
+                kwargs = dict(term.hparams)
+                if term.spec.make_aux is not None:
+                    module = (nnx.merge(term.aux_def, aux_params[term.name])
+                              if term.aux_def is not None else None)
+                    kwargs["aux"] = AuxIO(module, new_state.get(term.name),
+                                          jax.random.fold_in(rng, i), term.num_data)
+                try:
+                    out = term.spec.fn(term.views_for(views), **kwargs)
+                    out = out if isinstance(out, TermOutput) else TermOutput(out)
+                    out = dataclasses.replace(out, value=weighted_mean(out.value, weights))
+                except ValueError as e:
+                    raise ValueError(f"config.objective.{term.name}: {e}") from None
+            values[term.name] = out.value
             values.update({f"{term.name}_{k}": m for k, m in out.metrics.items()})
-            total = total + term.weight_at(step) * value + out.extra_loss
+            total = total + term.weight_at(step) * out.value + out.extra_loss
             if out.state is not None:
                 new_state[term.name] = out.state
+        for name, fn in self.metrics:
+            values[name] = (chunked[name] if name in chunked
+                            else jax.lax.stop_gradient(weighted_mean(fn(views), weights)))
         return total, values, new_state
+
+    def _chunked(self, views: Views) -> dict[str, jax.Array]:
+        """The weighted means of the logit terms and metrics, chunk by chunk."""
+        names, fns = [], []
+        for term in self.terms:
+            if term.spec.logit_term:
+                names.append(term.name)
+                fns.append(functools.partial(term.spec.fn, **dict(term.hparams)))
+        for name, fn in self.metrics:
+            names.append(name)
+            fns.append(lambda v, fn=fn: jax.lax.stop_gradient(fn(v)))
+        try:
+            sums = weighted_sums(fns, views.chunks)
+        except ValueError as e:
+            raise ValueError(f"config.objective: {e}") from None
+        means = sums / jnp.maximum(jnp.sum(views.chunks.weights.astype(jnp.float32)), 1.0)
+        return dict(zip(names, means))
 
 
 def _fn_fields(spec: TermSpec) -> tuple[set[str], set[str]]:
@@ -160,9 +213,10 @@ def _fn_fields(spec: TermSpec) -> tuple[set[str], set[str]]:
 
 
 def build_objective(objective_cfg: Mapping[str, Mapping[str, Any]], *,
-                    has_teacher: bool, has_labels: bool = True) -> Objective:
-    """Validates the config's terms and builds the `Objective`; raises a `ValueError` that
-    names the offending field (`config.objective.<term>.<field>`)."""
+                    has_teacher: bool, has_labels: bool = True, task=None) -> Objective:
+    """Validates the config's terms and builds the `Objective` (with `task`'s train
+    metrics and its list of supported terms); raises a `ValueError` that names the
+    offending field (`config.objective.<term>.<field>`)."""
     if not objective_cfg:
         raise ValueError("config.objective is empty; add at least one term, e.g. ce=dict(weight=1.0)")
     terms = []
@@ -173,6 +227,12 @@ def build_objective(objective_cfg: Mapping[str, Mapping[str, Any]], *,
         if loss not in TERMS:
             raise ValueError(f"{where}.loss: unknown loss '{loss}'; available: {sorted(TERMS)}")
         spec = TERMS[loss]
+        if name in RESERVED_NAMES:
+            raise ValueError(f"{where}: '{name}' is a metric the step reports; name the term "
+                             "differently (and set loss='...')")
+        if task is not None and task.terms is not None and loss not in task.terms:
+            raise ValueError(f"{where}: loss '{loss}' does not support task '{task.name}'; "
+                             f"it supports {sorted(task.terms)}")
         if spec.needs_teacher and not has_teacher:
             raise ValueError(f"{where}: loss '{loss}' needs a teacher; set config.teacher.model "
                              "and config.teacher.checkpoint, or remove the term")
@@ -200,4 +260,9 @@ def build_objective(objective_cfg: Mapping[str, Mapping[str, Any]], *,
         teacher = str(raw.get("teacher", PRIMARY))
         terms.append(Term(name, spec, weight, warmup, tuple(sorted(hparams.items())),
                           teacher_name=teacher))
-    return Objective(tuple(terms))
+    metrics = tuple(task.train_metrics(has_teacher).items()) if task is not None else ()
+    clash = sorted({t.name for t in terms} & {m for m, _ in metrics})
+    if clash:
+        raise ValueError(f"config.objective.{clash[0]}: '{clash[0]}' is a metric the step "
+                         "reports; name the term differently (and set loss='...')")
+    return Objective(tuple(terms), metrics)

@@ -10,6 +10,17 @@ sits on one device. Rules:
 - ``tensor``: weight matrices and conv kernels are split along their output (last)
   dimension over the tensor axis when it divides it (Megatron-style column split).
 
+- ``fsdp_tensor``: both (the tensor split first, then FSDP on the largest other dimension).
+
+Parameters that carry logical axis names (the decoder's: ``vocab``, ``embed``, ``heads``,
+``kv_heads``, ``kv``, ``mlp``, ``norm``; see ``jaxdistill.models.partitioning``) are sharded
+by name instead, as Flax's lm1b and MaxText do: the rule picks a preset mapping of names to
+mesh axes (``LOGICAL_PRESETS``: FSDP splits ``embed``; tensor parallelism splits ``vocab``,
+``heads``, ``kv_heads`` and ``mlp``), and ``(name, mesh axis or None)`` pairs in the config
+override it. A dimension stays whole where its axis is absent, of size 1, already used by
+another dimension of the tensor, or does not divide it. Optimizer state that mirrors the
+parameters gets their names by path.
+
 Mesh axes: ``data`` (always), optionally ``fsdp``, and a tensor axis named ``tensor`` or
 ``model``. The batch is split over the data-like axes (``data`` and ``fsdp``); the FSDP
 rule uses ``fsdp`` when the mesh has it, else ``data``.
@@ -27,7 +38,14 @@ from jax.sharding import PartitionSpec as P
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
 TENSOR_AXES = ("tensor", "model")
-RULES = ("replicated", "fsdp", "tensor")
+RULES = ("replicated", "fsdp", "tensor", "fsdp_tensor")
+_FSDP, _TENSOR = "<fsdp>", "<tensor>"  # resolved to the mesh's own axis names
+LOGICAL_PRESETS = {
+    "replicated": {},
+    "fsdp": {"embed": _FSDP},
+    "tensor": {"vocab": _TENSOR, "heads": _TENSOR, "kv_heads": _TENSOR, "mlp": _TENSOR},
+}
+LOGICAL_PRESETS["fsdp_tensor"] = {**LOGICAL_PRESETS["fsdp"], **LOGICAL_PRESETS["tensor"]}
 
 
 def make_mesh(shape: Sequence[int], axes: Sequence[str], devices=None) -> Mesh:
@@ -77,26 +95,96 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def _fsdp_axis(mesh: Mesh) -> str:
+    return FSDP_AXIS if FSDP_AXIS in mesh.axis_names else DATA_AXIS
+
+
+def _tensor_axis(mesh: Mesh) -> str:
+    return next(a for a in TENSOR_AXES if a in mesh.axis_names)
+
+
 def _spec(shape: tuple[int, ...], rule: str, mesh: Mesh) -> P:
-    if rule == "fsdp" and shape:
-        axis = FSDP_AXIS if FSDP_AXIS in mesh.axis_names else DATA_AXIS
-        size = mesh.shape[axis]
-        candidates = [d for d in np.argsort(shape, kind="stable")[::-1] if shape[d] % size == 0]
-        if size > 1 and candidates:
-            spec = [None] * len(shape)
-            spec[int(candidates[0])] = axis
-            return P(*spec)
-    if rule == "tensor" and len(shape) >= 2:
-        axis = next(a for a in TENSOR_AXES if a in mesh.axis_names)
-        size = mesh.shape[axis]
+    """The shape heuristic of an unnamed tensor (see the module doc)."""
+    spec = [None] * len(shape)
+    if rule in ("tensor", "fsdp_tensor") and len(shape) >= 2:
+        size = mesh.shape[_tensor_axis(mesh)]
         if size > 1 and shape[-1] % size == 0:
-            return P(*([None] * (len(shape) - 1)), axis)
-    return P()
+            spec[-1] = _tensor_axis(mesh)
+    if rule in ("fsdp", "fsdp_tensor") and shape:
+        axis = _fsdp_axis(mesh)
+        size = mesh.shape[axis]
+        candidates = [d for d in np.argsort(shape, kind="stable")[::-1]
+                      if shape[d] % size == 0 and spec[d] is None]
+        if size > 1 and candidates:
+            spec[int(candidates[0])] = axis
+    return P(*spec) if any(spec) else P()
 
 
-def tree_shardings(abstract_tree, mesh: Mesh, rule: str):
-    """Maps every array leaf of `abstract_tree` to a NamedSharding under `rule`."""
+def logical_rules(rule: str, overrides, mesh: Mesh, field: str) -> dict[str, str | None]:
+    """Logical name -> mesh axis: the rule's preset with the config's `(name, axis)` pairs
+    over it; raises a ValueError naming `field` for a malformed pair or an unknown axis."""
     if rule not in RULES:
         raise ValueError(f"sharding rule '{rule}' is unknown; choose one of {RULES}")
-    return jax.tree.map(lambda x: NamedSharding(mesh, _spec(tuple(x.shape), rule, mesh)),
-                        abstract_tree)
+    resolve = {_FSDP: _fsdp_axis(mesh), _TENSOR: _tensor_axis(mesh)}
+    rules = {name: resolve[axis] for name, axis in LOGICAL_PRESETS[rule].items()}
+    for pair in overrides:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)):
+            raise ValueError(f"{field}: {pair!r} is not a (logical name, mesh axis) pair, e.g. "
+                             "('vocab', 'tensor') or ('embed', None)")
+        name, axis = pair
+        if axis is not None and axis not in mesh.axis_names:
+            raise ValueError(f"{field}: ({name!r}, {axis!r}) names a mesh axis that is not in "
+                             f"config.mesh.axes {tuple(mesh.axis_names)}")
+        rules[name] = axis
+    return rules
+
+
+def _logical_spec(shape: tuple[int, ...], names: tuple, rules: dict, mesh: Mesh) -> P:
+    spec, used = [], set()
+    for dim, name in zip(shape, names):
+        axis = rules.get(name)
+        ok = (axis is not None and axis not in used and mesh.shape[axis] > 1
+              and dim % mesh.shape[axis] == 0)
+        spec.append(axis if ok else None)
+        used.add(axis if ok else None)
+    return P(*spec) if any(spec) else P()
+
+
+def _key(entry) -> str:
+    return str(getattr(entry, "key", getattr(entry, "idx", getattr(entry, "name", entry))))
+
+
+def _path(path) -> tuple[str, ...]:
+    keys = tuple(_key(k) for k in path)
+    return keys[:-1] if keys and keys[-1] == "value" else keys  # an nnx.Variable's value
+
+
+def names_by_path(axes_tree) -> dict[tuple[str, ...], tuple]:
+    """{parameter path: logical names} of the named leaves of a `logical_axes` tree."""
+    leaves = jax.tree_util.tree_flatten_with_path(
+        axes_tree, is_leaf=lambda x: isinstance(x, tuple))[0]
+    return {_path(p): names for p, names in leaves if any(n is not None for n in names)}
+
+
+def _names_for(path: tuple[str, ...], ndim: int, named: dict) -> tuple | None:
+    for start in range(len(path)):  # the longest suffix that is a named parameter's path
+        names = named.get(path[start:])
+        if names is not None and len(names) == ndim:
+            return names
+    return None
+
+
+def tree_shardings(abstract_tree, mesh: Mesh, rule: str, named: dict | None = None,
+                   overrides=(), field: str = "config.mesh"):
+    """Maps every array leaf of `abstract_tree` to a NamedSharding under `rule`: by logical
+    name where `named` ({parameter path: names}, see `names_by_path`) names the leaf or a
+    path it ends with (optimizer moments), else by the shape heuristic."""
+    rules = logical_rules(rule, overrides, mesh, field)
+    named = named or {}
+
+    def sharding(path, x):
+        names = _names_for(_path(path), len(x.shape), named) if named else None
+        spec = (_logical_spec(tuple(x.shape), names, rules, mesh) if names is not None
+                else _spec(tuple(x.shape), rule, mesh))
+        return NamedSharding(mesh, spec)
+    return jax.tree_util.tree_map_with_path(sharding, abstract_tree)

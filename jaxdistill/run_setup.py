@@ -21,14 +21,16 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from jaxdistill import augment, checkpoint, data, parallel
+from jaxdistill import checkpoint, data, parallel
 from jaxdistill import store as store_lib
 from jaxdistill.flops import dot_conv_flops, program_flops
-from jaxdistill.models import build_model
+from jaxdistill.losses.chunked import check_chunk_size
+from jaxdistill.models import build_model, input_kind, logical_axes
 from jaxdistill.objective import MEAN, PRIMARY, build_objective
 from jaxdistill.optim import make_optimizer
 from jaxdistill.state import TrainState
 from jaxdistill.step import StepContext, all_teacher_outputs, forward, train_step
+from jaxdistill.tasks import Task, task_class
 from jaxdistill.terms import Views
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -50,9 +52,18 @@ class RunSetup:
     teacher_mesh: Mesh | None = None  # the teacher's own devices (config.mesh.teacher_devices)
 
     @property
+    def task(self) -> Task:
+        return self.ctx.task
+
+    @property
     def teacher_input_abstract(self) -> dict | None:
         """The teacher variables the jitted step takes (none when reading a store)."""
         return None if self.store is not None else self.teacher_abstract
+
+    def abstract_batch(self, batch_size: int | None = None) -> dict:
+        """The train batch's fields (plus the store's, when the teacher comes from one)."""
+        return abstract_batch(self.task, self.info, batch_size or self.config.batch_size,
+                              self.store)
 
 
 def _dtype(value: str, field: str):
@@ -61,17 +72,30 @@ def _dtype(value: str, field: str):
     return DTYPES[value]
 
 
-def _num_classes(role_cfg, field: str, dataset_classes: int) -> int:
-    n = int(role_cfg.num_classes) or dataset_classes
-    if n != dataset_classes:
-        raise ValueError(f"{field}.num_classes is {n} but the dataset has {dataset_classes} "
-                         f"classes; set it to 0 (use the dataset's) or {dataset_classes}")
+def _num_classes(role_cfg, field: str, info: data.DatasetInfo) -> int:
+    n = int(role_cfg.num_classes) or info.num_classes
+    if n != info.num_classes and info.kind == "tokens":
+        raise ValueError(f"{field}.num_classes: a vocabulary of {n} differs from the "
+                         f"{info.num_classes} tokens of the dataset's tokenizer ({info.tokenizer});"
+                         " teacher and student share that tokenizer: set it to 0")
+    if n != info.num_classes:
+        raise ValueError(f"{field}.num_classes is {n} but the dataset has {info.num_classes} "
+                         f"classes; set it to 0 (use the dataset's) or {info.num_classes}")
     return n
 
 
-def model_factory(role_cfg, field: str, num_classes: int, input_shape, dtype):
-    """`make(rngs)` for the configured model; its name and kwargs are checked here."""
+def model_factory(role_cfg, field: str, num_classes: int, input_shape, dtype, task=None):
+    """`make(rngs)` for the configured model; its name, kwargs and (given the `task`) input
+    kind are checked here."""
     kwargs = dict(role_cfg.kwargs)
+    if task is not None and role_cfg.model:
+        try:
+            kind = input_kind(role_cfg.model)
+        except ValueError as e:
+            raise ValueError(f"{field}.model: {e}") from None
+        if kind != task.input_kind:
+            raise ValueError(f"{field}.model: '{role_cfg.model}' takes {kind} inputs, but task "
+                             f"'{task.name}' needs a model of {task.input_kind}")
 
     def make(rngs):
         return build_model(role_cfg.model, num_classes=num_classes, input_shape=input_shape,
@@ -88,13 +112,18 @@ def _with_shardings(tree, shardings):
                         tree, shardings)
 
 
-def _state_shardings(abstract: TrainState, mesh: Mesh, rule: str) -> TrainState:
+def _state_shardings(abstract: TrainState, mesh: Mesh, rule: str, named: dict,
+                     overrides, field: str) -> TrainState:
+    """Shardings of the student's train state under `rule` (the parameters' logical names
+    `named`, by path under 'student', also name their optimizer moments)."""
     rep = parallel.replicated(mesh)
-    return TrainState(step=rep, rng=rep,
-                      aux_state=parallel.tree_shardings(abstract.aux_state, mesh, rule),
-                      params=parallel.tree_shardings(abstract.params, mesh, rule),
-                      batch_stats=parallel.tree_shardings(abstract.batch_stats, mesh, rule),
-                      opt_state=parallel.tree_shardings(abstract.opt_state, mesh, rule))
+    named = {("student", *path): names for path, names in named.items()}
+
+    def shard(tree):
+        return parallel.tree_shardings(tree, mesh, rule, named, overrides, field)
+    return TrainState(step=rep, rng=rep, aux_state=shard(abstract.aux_state),
+                      params=shard(abstract.params), batch_stats=shard(abstract.batch_stats),
+                      opt_state=shard(abstract.opt_state))
 
 
 def prepare_run(config, *, teacher_checkpoint_required: bool = True,
@@ -108,7 +137,8 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
     for field in ("log_every", "eval_every", "checkpoint_every"):
         if config[field] < 0:
             raise ValueError(f"config.{field} must be >= 0, got {config[field]}")
-    info = info or data.prepare(config.data.name, config.data.data_dir or None)
+    task = task_class(config.task)(config)
+    info = info or task.prepare_data(config.data)
     for split in (config.data.train_split, config.data.eval_split):
         if split not in info.splits:
             raise ValueError(f"config.data: split '{split}' is not in {config.data.name} "
@@ -119,18 +149,16 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
         if config[field] <= 0 or config[field] % data_size:
             raise ValueError(f"config.{field} ({config[field]}) must be a positive multiple of the "
                              f"meshes' data-like axes ({data_size} devices)")
-    aug = augment.Augment(config.data.augment, int(config.data.augment_pixels),
-                          tuple(config.data.mean), tuple(config.data.std))
-
     has_teacher = bool(config.teacher.model)
     objective = build_objective(config.objective, has_teacher=has_teacher,
-                                has_labels=config.data.labeled)
+                                has_labels=config.data.labeled, task=task)
     if has_teacher and not objective.needs_teacher:
         raise ValueError("config.objective has no term that uses the teacher; add e.g. "
                          "kd=dict(weight=1.0) or set config.teacher.model = ''")
-    classes = _num_classes(config.student, "config.student", info.num_classes)
-    make_student = model_factory(config.student, "config.student", classes, info.image_shape,
-                                 _dtype(config.student.dtype, "config.student.dtype"))
+    classes = _num_classes(config.student, "config.student", info)
+    make_student = model_factory(config.student, "config.student", classes,
+                                 task.model_io(info)[1],
+                                 _dtype(config.student.dtype, "config.student.dtype"), task)
     student_def, s_params, s_stats = nnx.split(
         nnx.eval_shape(lambda: make_student(nnx.Rngs(0))), nnx.Param, nnx.BatchStat)
     s_vars = {"params": s_params, "batch_stats": s_stats}
@@ -138,9 +166,9 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
     teacher_def = teacher_abstract = None
     extra_defs = {}
     if has_teacher:
-        teacher_def, teacher_abstract = _teacher(config.teacher, "config.teacher", info,
-                                                 teacher_mesh,
-                                                 config.mesh.teacher_rule)
+        teacher_def, teacher_abstract = _teacher(config.teacher, "config.teacher", task, info,
+                                                 teacher_mesh, config.mesh.teacher_rule,
+                                                 config.mesh.teacher_axis_rules)
         if not config.teacher.checkpoint and teacher_checkpoint_required:
             raise ValueError("config.teacher.checkpoint is empty; point it at a teacher run's "
                              "workdir (train one with a config whose teacher.model is '')")
@@ -151,7 +179,7 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
             t_cfg = ml_collections.ConfigDict({"kwargs": {}, "dtype": "float32", "num_classes": 0,
                                                "checkpoint": "", **dict(raw)})
             extra_defs[name], others[name] = _teacher(
-                t_cfg, f"config.extra_teachers.{name}", info, teacher_mesh,
+                t_cfg, f"config.extra_teachers.{name}", task, info, teacher_mesh,
                 config.mesh.teacher_rule)
             if not t_cfg.checkpoint:
                 raise ValueError(f"config.extra_teachers.{name}.checkpoint is empty")
@@ -164,9 +192,13 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
         raise ValueError("config.mesh.teacher_devices needs a teacher that runs online "
                          "(a teacher.model, and no teacher.store)")
 
-    ctx = StepContext(student_def, None if teacher_store else teacher_def, None, None, aug,
-                      extra_defs, info.num_classes if teacher_store else 0)
-    views = _abstract_views(ctx, s_vars, teacher_abstract, info, config.batch_size, teacher_store)
+    chunk_size = _chunk_size(config, task, info, extra_defs, teacher_store)
+    ctx = StepContext(student_def, None if teacher_store else teacher_def, None, None, task,
+                      extra_defs, info.num_classes if teacher_store else 0, chunk_size,
+                      objective.needs_attention_maps)
+    views = _abstract_views(ctx, s_vars, teacher_abstract,
+                            abstract_batch(task, info, config.batch_size, teacher_store),
+                            teacher_store)
     objective.check_models(views)
     objective = objective.bind(views, num_data=info.splits[config.data.train_split])
     own = {t.name: float(dict(t.hparams).get("learning_rate", 1e-4))
@@ -184,16 +216,34 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
                           aux_state=aux_state)
 
     abstract = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
-    shardings = _state_shardings(abstract, mesh, config.mesh.student_rule)
+    shardings = _state_shardings(abstract, mesh, config.mesh.student_rule,
+                                 parallel.names_by_path(logical_axes(s_params)),
+                                 config.mesh.student_axis_rules, "config.mesh.student_axis_rules")
     ctx = dataclasses.replace(ctx, objective=objective, tx=tx)
     batch_sh = parallel.batch_sharding(mesh)
     setup = RunSetup(config, info, mesh, ctx, schedule, init_state,
                      _with_shardings(abstract, shardings), shardings, teacher_abstract, batch_sh,
                      teacher_store, teacher_mesh)
     jax.eval_shape(functools.partial(train_step, ctx), setup.abstract_state,
-                   setup.teacher_input_abstract, abstract_batch(info, config.batch_size,
-                                                                teacher_store))
+                   setup.teacher_input_abstract, setup.abstract_batch())
     return setup
+
+
+def _chunk_size(config, task: Task, info, extra_defs, teacher_store) -> int:
+    """config.lm.chunk_size, checked: sequence tasks only, a divisor of the length, one
+    teacher run online (a chunked step applies the primary teacher's head itself)."""
+    size = int(config.lm.chunk_size)
+    if not size:
+        return 0
+    if task.unit != "tokens":
+        raise ValueError(f"config.lm.chunk_size: chunking runs over a sequence; task "
+                         f"'{task.name}' has none, so set it to 0")
+    check_chunk_size(size, info.seq_len, "config.lm.chunk_size")
+    if extra_defs or teacher_store is not None:
+        raise ValueError("config.lm.chunk_size: a chunked step distils from one teacher run "
+                         "online; remove config.extra_teachers / config.teacher.store or set "
+                         "config.lm.chunk_size=0")
+    return size
 
 
 def _meshes(config) -> tuple[Mesh, Mesh]:
@@ -229,46 +279,57 @@ def _open_store(config) -> store_lib.TeacherStore | None:
     return store_lib.TeacherStore(config.teacher.store)
 
 
-def _teacher(t_cfg, field: str, info, mesh, rule: str):
+def _teacher(t_cfg, field: str, task: Task, info, mesh, rule: str, overrides=()):
     """(graphdef, abstract {'params', 'batch_stats'} with dtypes and shardings) of a
     teacher, checked against its checkpoint when one is given."""
-    classes = _num_classes(t_cfg, field, info.num_classes)
+    classes = _num_classes(t_cfg, field, info)
     t_dtype = _dtype(t_cfg.dtype, f"{field}.dtype")
-    make = model_factory(t_cfg, field, classes, info.image_shape, t_dtype)
+    make = model_factory(t_cfg, field, classes, task.model_io(info)[1], t_dtype, task)
     graphdef, params, stats = nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(0))), nnx.Param,
                                         nnx.BatchStat)
     t_vars = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, t_dtype),
                           {"params": params, "batch_stats": stats})
-    abstract = _with_shardings(t_vars, parallel.tree_shardings(t_vars, mesh, rule))
+    named = {("params", *path): names
+             for path, names in parallel.names_by_path(logical_axes(params)).items()}
+    abstract = _with_shardings(t_vars, parallel.tree_shardings(
+        t_vars, mesh, rule, named, overrides, "config.mesh.teacher_axis_rules"))
     if t_cfg.checkpoint:
         checkpoint.check_teacher_fits(t_cfg.checkpoint, abstract, field=f"{field}.checkpoint")
     return graphdef, abstract
 
 
-def _abstract_views(ctx: StepContext, student_vars, teacher_vars, info, batch_size,
-                    teacher_store):
-    """Shapes of everything a loss term sees, from abstract forward passes."""
-    batch = abstract_batch(info, batch_size, teacher_store)
-    s_logits, s_features, _ = jax.eval_shape(
-        lambda v, x: forward(ctx.student_def, v["params"], v["batch_stats"], x, train=False),
-        student_vars, batch["image"])
-    teachers = jax.eval_shape(lambda t, b: all_teacher_outputs(ctx, t, b["image"], b),
-                              None if teacher_store else teacher_vars, batch)
+def _abstract_views(ctx: StepContext, student_vars, teacher_vars, batch, teacher_store):
+    """Shapes of everything a loss term sees, from abstract forward passes (full logits:
+    the terms' shapes are checked on the unchunked form)."""
+    task = ctx.task
+    plain = dataclasses.replace(ctx, chunk_size=0)
+
+    def student(v, b):
+        inputs = task.inputs(b, None, train=False)
+        return forward(ctx.student_def, v["params"], v["batch_stats"], inputs.x, train=False,
+                       **plain.call_kwargs(inputs, chunked=False))
+    s_logits, s_features, _ = jax.eval_shape(student, student_vars, batch)
+    teachers = jax.eval_shape(
+        lambda t, b: all_teacher_outputs(plain, t, task.inputs(b, None, train=False), b),
+        None if teacher_store else teacher_vars, batch)
     t_logits, t_features = teachers.get(PRIMARY, (None, None))
-    return Views(s_logits, s_features, t_logits, t_features, batch["label"], batch["index"],
-                 teachers)
+    targets = jax.eval_shape(task.targets, batch)
+    weights = jax.eval_shape(task.weights, batch)
+    return Views(s_logits, s_features, t_logits, t_features, targets, batch["index"],
+                 teachers, weights)
 
 
-def abstract_batch(info: data.DatasetInfo, batch_size: int, teacher_store=None) -> dict:
+def abstract_batch(task: Task, info: data.DatasetInfo, batch_size: int,
+                   teacher_store=None) -> dict:
     """The train batch's fields (plus the store's, when the teacher comes from one)."""
-    batch = {"image": jax.ShapeDtypeStruct((batch_size, *info.image_shape), jnp.float32),
-             "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
-             "index": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+    batch = task.abstract_batch(info, batch_size)
     return {**batch, **(teacher_store.abstract_fields(batch_size) if teacher_store else {})}
 
 
-def model_cost(graphdef, abstract_vars, input_shape) -> tuple[int, float]:
-    """(parameter count, forward FLOPs per example at batch 1: XLA's cost analysis, or the
+def model_cost(graphdef, abstract_vars, input_shape, input_dtype=jnp.float32,
+               per: int = 1) -> tuple[int, float]:
+    """(parameter count, forward FLOPs per item: of one input `[1, *input_shape]`, divided
+    by the `per` items it holds (1 example, or L tokens); XLA's cost analysis, or the
     matmul + conv count where the backend's is incomplete; see `jaxdistill.flops`)."""
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_vars["params"]))
 
@@ -276,7 +337,14 @@ def model_cost(graphdef, abstract_vars, input_shape) -> tuple[int, float]:
         model = nnx.merge(graphdef, variables["params"], variables["batch_stats"])
         return model(x, train=False)[0]
     plain = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_vars)
-    image = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-    compiled = jax.jit(forward).lower(plain, image).compile()
-    flops, _ = program_flops(compiled, dot_conv_flops(forward, plain, image))
-    return params, flops
+    x = jax.ShapeDtypeStruct((1, *input_shape), input_dtype)
+    compiled = jax.jit(forward).lower(plain, x).compile()
+    flops, _ = program_flops(compiled, dot_conv_flops(forward, plain, x))
+    return params, flops / per
+
+
+def run_cost(setup: RunSetup, graphdef, abstract_vars) -> tuple[int, float]:
+    """`model_cost` of one of the run's models: FLOPs per example or per token."""
+    task, info = setup.task, setup.info
+    return model_cost(graphdef, abstract_vars, task.model_io(info)[1], task.input_dtype,
+                      task.items_per_step(1, info))

@@ -2,9 +2,14 @@
 
 `train_step(ctx, state, teacher, batch)` runs the frozen teacher's forward pass and the
 student's update in one program. `ctx` is static (graph definitions, objective,
-optimizer, augmentation) and is bound with `functools.partial` before `jax.jit`; the
-student state is donated; the teacher's variables are a separate, non-donated input
-whose outputs pass through `stop_gradient`, so no teacher gradient is ever formed.
+optimizer, task) and is bound with `functools.partial` before `jax.jit`; the student
+state is donated; the teacher's variables are a separate, non-donated input whose
+outputs pass through `stop_gradient`, so no teacher gradient is ever formed.
+
+What the models are called on, the targets and the per-position weights come from the
+task (`jaxdistill.tasks`). With `ctx.chunk_size > 0` (language models) the models return
+their final hidden states instead of logits and the objective applies each model's output
+head chunk by chunk over the sequence (`jaxdistill.losses.chunked`).
 """
 
 from __future__ import annotations
@@ -13,14 +18,14 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxdistill import augment
+from jaxdistill.losses.chunked import HIDDEN, Head, LogitChunks
 from jaxdistill.objective import PRIMARY, Objective
 from jaxdistill.state import TrainState
 from jaxdistill.store.dense import teacher_outputs_from_batch
+from jaxdistill.tasks.base import ModelInputs, Task
 from jaxdistill.terms import Views
 
 
@@ -32,46 +37,70 @@ class StepContext:
     teacher_def: Any | None
     objective: Objective
     tx: optax.GradientTransformation
-    augment: augment.Augment
+    task: Task
     extra_teacher_defs: Any = dataclasses.field(default_factory=dict)  # name -> graphdef
     store_classes: int = 0  # > 0: the teacher's outputs come from the batch (offline store)
+    chunk_size: int = 0  # > 0: logit terms chunk by chunk over the sequence (see module doc)
+    attention_maps: bool = False  # the models also return attention maps (a term uses them)
+
+    def call_kwargs(self, inputs: ModelInputs, *, chunked: bool) -> dict:
+        """Keyword arguments of a model call on `inputs`."""
+        kwargs = dict(inputs.kwargs)
+        if self.attention_maps:
+            kwargs["attention_maps"] = True
+        if chunked:
+            kwargs["logits"] = False
+        return kwargs
 
 
-def forward(graphdef, params, batch_stats, images, *, train: bool, rngs=None):
+def forward(graphdef, params, batch_stats, x, *, train: bool, rngs=None, **kwargs):
     """Runs a model from its split state; returns (logits, features, new batch stats)."""
     model = nnx.merge(graphdef, params, batch_stats, copy=True)  # fresh Variables in this trace
-    logits, features = model(images, train=train, rngs=rngs)
+    logits, features = model(x, train=train, rngs=rngs, **kwargs)
     return logits, features, nnx.state(model, nnx.BatchStat)
 
 
-def teacher_outputs(ctx: StepContext, teacher, images):
-    """The frozen teacher's logits and features (eval mode, no gradient), or (None, None)."""
-    if ctx.teacher_def is None:
-        return None, None
-    logits, features, _ = forward(ctx.teacher_def, teacher["params"], teacher["batch_stats"],
-                                  images, train=False)
+def output_head(graphdef, params, batch_stats) -> Head:
+    """The model's output head (`logits_from_hidden`) as a pure function of its params."""
+    def apply(variables, hidden):
+        model = nnx.merge(graphdef, variables["params"], variables["batch_stats"], copy=True)
+        return model.logits_from_hidden(hidden)
+    return Head(apply, {"params": params, "batch_stats": batch_stats})
+
+
+def _run(ctx: StepContext, graphdef, variables, inputs: ModelInputs, *, train: bool,
+         chunked: bool, rngs=None):
+    return forward(graphdef, variables["params"], variables["batch_stats"], inputs.x,
+                   train=train, rngs=rngs, **ctx.call_kwargs(inputs, chunked=chunked))
+
+
+def teacher_outputs(ctx: StepContext, teacher, x, **kwargs):
+    """The frozen primary teacher's (logits, features) on model input `x`, in eval mode and
+    without gradient."""
+    logits, features, _ = forward(ctx.teacher_def, teacher["params"], teacher["batch_stats"], x,
+                                  train=False, **kwargs)
     return jax.lax.stop_gradient((logits, features))
 
 
-def all_teacher_outputs(ctx: StepContext, teacher, images, batch) -> dict:
+def all_teacher_outputs(ctx: StepContext, teacher, inputs: ModelInputs, batch, *,
+                        full_logits: bool = False) -> dict:
     """{name: (logits, features)} of every teacher: the primary as 'teacher', then the
     extra teachers (`teacher['others']`), all frozen and without gradient; or the
-    primary's outputs read from the batch when they come from an offline store."""
+    primary's outputs read from the batch when they come from an offline store. In a
+    chunked step the primary's logits are None and its features hold its final hidden
+    states (its head is applied by the objective), unless `full_logits`."""
     if ctx.store_classes:
         return {PRIMARY: teacher_outputs_from_batch(batch, ctx.store_classes)}
     if ctx.teacher_def is None:
         return {}
-    outputs = {PRIMARY: teacher_outputs(ctx, teacher, images)}
-    for name, graphdef in ctx.extra_teacher_defs.items():
-        variables = teacher["others"][name]
-        logits, features, _ = forward(graphdef, variables["params"], variables["batch_stats"],
-                                      images, train=False)
+    outputs = {}
+    for name, graphdef in {PRIMARY: ctx.teacher_def, **ctx.extra_teacher_defs}.items():
+        variables = teacher if name == PRIMARY else teacher["others"][name]
+        logits, features, _ = _run(ctx, graphdef, variables, inputs, train=False,
+                                   chunked=ctx.chunk_size > 0 and name == PRIMARY
+                                   and not full_logits)
         outputs[name] = jax.lax.stop_gradient((logits, features))
     return outputs
-
-
-def _agreement(student_logits, teacher_logits):
-    return (jnp.argmax(student_logits, -1) == jnp.argmax(teacher_logits, -1)).astype(jnp.float32)
 
 
 def _step_rngs(state_rng: jax.Array, step: jax.Array):
@@ -79,39 +108,56 @@ def _step_rngs(state_rng: jax.Array, step: jax.Array):
     return jax.random.split(jax.random.fold_in(state_rng, step), 3)
 
 
-def teacher_step(ctx: StepContext, state_rng, step, teacher, batch):
-    """The step's augmented images and every teacher's outputs on them: the part of a
-    train step that can run ahead, on the teacher's own devices."""
-    images = augment.apply(ctx.augment, batch["image"], _step_rngs(state_rng, step)[0],
-                           train=True)
-    return images, all_teacher_outputs(ctx, teacher, images, batch)
+def teacher_step(ctx: StepContext, state_rng, step, teacher, batch, *,
+                 full_logits: bool = False):
+    """The step's model inputs (augmented images, tokens) and every teacher's outputs on
+    them: the part of a train step that can run ahead, on the teacher's own devices (which
+    then send their full logits: `full_logits`)."""
+    inputs = ctx.task.inputs(batch, _step_rngs(state_rng, step)[0], train=True)
+    return inputs, all_teacher_outputs(ctx, teacher, inputs, batch, full_logits=full_logits)
 
 
-def student_update(ctx: StepContext, state: TrainState, images, teachers, batch):
-    """One update of the student (and aux params) from the step's augmented `images` and
-    the teachers' outputs on them; returns (state, metrics)."""
+def _chunks(ctx: StepContext, student_head: Head, s_features, t_logits, t_features, teacher,
+            batch) -> LogitChunks:
+    """The chunked logit terms' inputs: hidden states, heads, targets and weights."""
+    t_head = None
+    if t_logits is None and teacher is not None:  # the teacher's head runs chunk by chunk
+        t_head = output_head(ctx.teacher_def, teacher["params"], teacher["batch_stats"])
+    return LogitChunks(
+        student_hidden=s_features[HIDDEN], student_head=student_head,
+        teacher_hidden=t_features[HIDDEN] if t_head is not None else None,
+        teacher_head=t_head, teacher_logits=t_logits,
+        targets=ctx.task.targets(batch), weights=ctx.task.weights(batch), size=ctx.chunk_size)
+
+
+def student_update(ctx: StepContext, state: TrainState, inputs: ModelInputs, teachers, batch,
+                   teacher=None):
+    """One update of the student (and aux params) from the step's model `inputs` and the
+    teachers' outputs on them; returns (state, metrics). `teacher` (its variables) is
+    needed only by a chunked step whose teacher logits are not in `teachers`."""
     _, dropout_rng, term_rng = _step_rngs(state.rng, state.step)
     t_logits, t_features = teachers.get(PRIMARY, (None, None))
+    chunked = ctx.chunk_size > 0
 
     def loss_fn(params):
         s_logits, s_features, new_stats = forward(
-            ctx.student_def, params["student"], state.batch_stats, images, train=True,
-            rngs=nnx.Rngs(dropout=dropout_rng))
-        views = Views(s_logits, s_features, t_logits, t_features, batch["label"], batch["index"],
-                      teachers)
-        total, terms, aux_state = ctx.objective(views, state.step, params["aux"], state.aux_state,
-                                                term_rng)
-        return total, (terms, new_stats, aux_state, s_logits)
+            ctx.student_def, params["student"], state.batch_stats, inputs.x, train=True,
+            rngs=nnx.Rngs(dropout=dropout_rng), **ctx.call_kwargs(inputs, chunked=chunked))
+        chunks = None
+        if chunked:
+            head = output_head(ctx.student_def, params["student"], new_stats)
+            chunks = _chunks(ctx, head, s_features, t_logits, t_features, teacher, batch)
+        views = Views(s_logits, s_features, t_logits, t_features, ctx.task.targets(batch),
+                      batch["index"], teachers, ctx.task.weights(batch), chunks)
+        total, values, aux_state = ctx.objective(views, state.step, params["aux"],
+                                                 state.aux_state, term_rng)
+        return total, (values, new_stats, aux_state)
 
-    (total, (terms, new_stats, aux_state, s_logits)), grads = jax.value_and_grad(
+    (total, (values, new_stats, aux_state)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
     updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": total, **terms,
-               "accuracy": jnp.mean(jnp.argmax(s_logits, -1) == batch["label"]),
-               "grad_norm": optax.tree.norm(grads)}
-    if t_logits is not None:
-        metrics["agreement"] = jnp.mean(_agreement(s_logits, t_logits))
+    metrics = {"loss": total, **values, "grad_norm": optax.tree.norm(grads)}
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
                               opt_state=opt_state, aux_state=aux_state)
     return new_state, metrics
@@ -119,30 +165,25 @@ def student_update(ctx: StepContext, state: TrainState, images, teachers, batch)
 
 def train_step(ctx: StepContext, state: TrainState, teacher, batch):
     """One step: teacher inference and the student's update in one program."""
-    images, teachers = teacher_step(ctx, state.rng, state.step, teacher, batch)
-    return student_update(ctx, state, images, teachers, batch)
+    inputs, teachers = teacher_step(ctx, state.rng, state.step, teacher, batch)
+    return student_update(ctx, state, inputs, teachers, batch, teacher)
 
 
 def teacher_eval_logits(ctx: StepContext, teacher, batch):
     """The primary teacher's eval-mode logits on a batch, or None."""
-    images = augment.apply(ctx.augment, batch["image"], None, train=False)
-    return teacher_outputs(ctx, teacher, images)[0]
+    if ctx.teacher_def is None:
+        return None
+    inputs = ctx.task.inputs(batch, None, train=False)
+    logits, _, _ = _run(ctx, ctx.teacher_def, teacher, inputs, train=False, chunked=False)
+    return jax.lax.stop_gradient(logits)
 
 
 def eval_sums(ctx: StepContext, state: TrainState, teacher_logits, batch):
-    """Sums over the real (mask = 1) examples of a batch: student and teacher correct
-    predictions, student-teacher top-1 agreement, and the example count."""
-    images = augment.apply(ctx.augment, batch["image"], None, train=False)
+    """The task's sums over one eval batch (student and, given its logits, teacher)."""
+    inputs = ctx.task.inputs(batch, None, train=False)
     s_logits, _, _ = forward(ctx.student_def, state.params["student"], state.batch_stats,
-                             images, train=False)
-    mask = batch["mask"]
-    sums = {"count": jnp.sum(mask),
-            "correct": jnp.sum(mask * (jnp.argmax(s_logits, -1) == batch["label"]))}
-    if teacher_logits is not None:
-        sums["teacher_correct"] = jnp.sum(
-            mask * (jnp.argmax(teacher_logits, -1) == batch["label"]))
-        sums["agree"] = jnp.sum(mask * _agreement(s_logits, teacher_logits))
-    return sums
+                             inputs.x, train=False, **inputs.kwargs)
+    return ctx.task.eval_sums(s_logits, teacher_logits, batch)
 
 
 def eval_step(ctx: StepContext, state: TrainState, teacher, batch):

@@ -1,7 +1,9 @@
 """The method library as objective terms: one function per method and one registry line.
 
-A term is `fn(views, **hparams)` returning per-example values `[B]` or a batch-level
-scalar (or a `TermOutput`). Terms with learned or running parts (adapters, embedding
+A term is `fn(views, **hparams)` returning per-example values `[B]`, per-position values
+`[B, L]` (language models; shaped like `views.weights`) or a batch-level scalar (or a
+`TermOutput`). Logit terms (`TermSpec.logit_term`) read only the logits and labels, per
+position, so a chunked step can run them chunk by chunk over the sequence. Terms with learned or running parts (adapters, embedding
 heads, memory banks, a discriminator) also declare `make_aux(views, rngs, num_data,
 **hparams) -> (module | None, state | None)`, sized from abstract shapes, and receive
 `aux=AuxIO(...)` at call time. Hyper-parameters named `student_feature` /
@@ -33,6 +35,13 @@ class Views(NamedTuple):
     labels: jax.Array
     indices: jax.Array | None = None  # example index within the training split
     teachers: Mapping[str, tuple[jax.Array, Mapping[str, jax.Array]]] | None = None  # by name
+    weights: jax.Array | None = None  # the task's per-position weights, shaped like labels
+    chunks: Any = None  # `losses.chunked.LogitChunks` of a chunked step (logits are None)
+
+    @property
+    def per_token(self) -> bool:
+        """True for sequence tasks: features are [B, L, ...] and terms return [B, L]."""
+        return self.weights is not None and self.weights.ndim == 2
 
 
 class AuxIO(NamedTuple):
@@ -64,6 +73,7 @@ class TermSpec:
     needs_labels: bool = False
     make_aux: Callable[..., tuple[Any, Any]] | None = None
     own_optimizer: bool = False  # aux params get `optax.adam(learning_rate, b1=0.5)`
+    logit_term: bool = False  # a per-position function of logits and labels only
 
 
 def _pair(v: Views, student_feature: str, teacher_feature: str):
@@ -97,6 +107,16 @@ def tvd(v: Views, temperature: float = 1.0):
     return losses.tvd(v.student_logits, v.teacher_logits, temperature=temperature)
 
 
+def skl(v: Views, alpha: float = 0.1, temperature: float = 1.0):
+    return losses.skew_kl(v.student_logits, v.teacher_logits, alpha=alpha,
+                          temperature=temperature)
+
+
+def srkl(v: Views, alpha: float = 0.1, temperature: float = 1.0):
+    return losses.skew_reverse_kl(v.student_logits, v.teacher_logits, alpha=alpha,
+                                  temperature=temperature)
+
+
 def dkd(v: Views, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0):
     return losses.dkd_loss(v.student_logits, v.teacher_logits, v.labels, alpha=alpha, beta=beta,
                            temperature=temperature)
@@ -109,13 +129,27 @@ def make_hint(v: Views, rngs, num_data, student_feature: str, teacher_feature: s
     return (None if s.shape == t.shape else Adapter(s.shape, t.shape, rngs=rngs)), None
 
 
+def _per_token(loss, s: jax.Array, t: jax.Array) -> jax.Array:
+    """A per-example loss of [N, ...] features applied to each position of [B, L, ...]."""
+    b, length = s.shape[:2]
+    flat = loss(s.reshape(b * length, *s.shape[2:]), t.reshape(b * length, *t.shape[2:]))
+    return flat.reshape(b, length)
+
+
 def hint(v: Views, student_feature: str, teacher_feature: str, *, aux: AuxIO):
+    """FitNets; on a sequence task per token, over the hidden width (e.g. `block2`)."""
     s, t = _pair(v, student_feature, teacher_feature)
-    return losses.hint_loss(s if aux.module is None else aux.module(s), t)
+    s = s if aux.module is None else aux.module(s)
+    return _per_token(losses.hint_loss, s, t) if v.per_token else losses.hint_loss(s, t)
 
 
 def at(v: Views, student_feature: str, teacher_feature: str, p: float = 2.0):
-    return losses.attention_transfer_loss(*_pair(v, student_feature, teacher_feature), p=p)
+    """Attention transfer (Zagoruyko & Komodakis) on conv maps; on a sequence task the
+    self-attention distribution transfer of MiniLM per query token (`attn<i>` features)."""
+    s, t = _pair(v, student_feature, teacher_feature)
+    if v.per_token:
+        return losses.attention_distribution_loss(s, t)
+    return losses.attention_transfer_loss(s, t, p=p)
 
 
 def sp(v: Views, student_feature: str, teacher_feature: str):
@@ -202,13 +236,15 @@ def adversarial(v: Views, temperature: float = 1.0, hidden: tuple[int, ...] = (1
 
 
 TERMS: dict[str, TermSpec] = {
-    "ce": TermSpec(ce, needs_teacher=False, needs_labels=True),
-    "kd": TermSpec(kd),
-    "fkl": TermSpec(fkl),
-    "rkl": TermSpec(rkl),
-    "jsd": TermSpec(jsd),
-    "tvd": TermSpec(tvd),
-    "dkd": TermSpec(dkd, needs_labels=True),
+    "ce": TermSpec(ce, needs_teacher=False, needs_labels=True, logit_term=True),
+    "kd": TermSpec(kd, logit_term=True),
+    "fkl": TermSpec(fkl, logit_term=True),
+    "rkl": TermSpec(rkl, logit_term=True),
+    "jsd": TermSpec(jsd, logit_term=True),
+    "tvd": TermSpec(tvd, logit_term=True),
+    "skl": TermSpec(skl, logit_term=True),
+    "srkl": TermSpec(srkl, logit_term=True),
+    "dkd": TermSpec(dkd, needs_labels=True, logit_term=True),
     "hint": TermSpec(hint, make_aux=make_hint),
     "at": TermSpec(at),
     "sp": TermSpec(sp),

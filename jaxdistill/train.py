@@ -14,7 +14,7 @@ from absl import logging
 from jaxdistill import checkpoint, data, parallel, store
 from jaxdistill.metrics import MetricWriter, format_duration, progress_line
 from jaxdistill.preemption import PreemptionWatch
-from jaxdistill.run_setup import RunSetup, model_cost, prepare_run
+from jaxdistill.run_setup import RunSetup, prepare_run, run_cost
 from jaxdistill.step import (
     eval_step,
     eval_sums,
@@ -25,6 +25,7 @@ from jaxdistill.step import (
 )
 
 SUMMARY = "summary.json"
+PAIR_METRICS = ("agreement", "kl")  # eval metrics of the student-teacher pair, not of one model
 
 
 def compile_steps(setup: RunSetup):
@@ -50,7 +51,7 @@ def _submesh_steps(setup: RunSetup):
     t_mesh, ctx = setup.teacher_mesh, setup.ctx
     t_rep, t_batch = parallel.replicated(t_mesh), parallel.batch_sharding(t_mesh)
     t_vars = jax.tree.map(lambda x: x.sharding, setup.teacher_abstract)
-    teacher_fn = jax.jit(functools.partial(teacher_step, ctx),
+    teacher_fn = jax.jit(functools.partial(teacher_step, ctx, full_logits=True),
                          in_shardings=(t_rep, t_rep, t_vars, t_batch), out_shardings=t_batch)
     student_fn = jax.jit(functools.partial(student_update, ctx),
                          in_shardings=(setup.state_shardings, setup.batch_sharding,
@@ -67,8 +68,8 @@ def _submesh_steps(setup: RunSetup):
     def train(state, teacher, batch):
         rng, step = jax.device_put((state.rng, state.step), t_rep)
         outputs = teacher_fn(rng, step, teacher, jax.device_put(batch, t_batch))
-        images, teachers = jax.device_put(outputs, setup.batch_sharding)
-        return student_fn(state, images, teachers, batch)
+        inputs, teachers = jax.device_put(outputs, setup.batch_sharding)
+        return student_fn(state, inputs, teachers, batch)
 
     def evaluate_batch(state, teacher, batch):
         logits = teacher_eval_fn(teacher, jax.device_put(batch, t_batch))
@@ -96,8 +97,8 @@ def load_teachers(setup: RunSetup):
 
 
 def evaluate(setup: RunSetup, eval_fn, state, teacher) -> dict[str, float]:
-    """Student top-1 accuracy on the eval split, and (with a teacher) the teacher's
-    accuracy and the student's top-1 agreement with it."""
+    """The task's eval metrics on the eval split (classification: student top-1 accuracy
+    and, with a teacher, its accuracy and the agreement; causal LM: perplexities, ...)."""
     cfg = setup.config
     sums = None
     for batch in data.make_eval_iterator(setup.info, split=cfg.data.eval_split,
@@ -106,13 +107,7 @@ def evaluate(setup: RunSetup, eval_fn, state, teacher) -> dict[str, float]:
                                          sharding=setup.batch_sharding):
         out = eval_fn(state, teacher, batch)
         sums = out if sums is None else jax.tree.map(np.add, sums, out)
-    sums = jax.device_get(sums)
-    count = float(sums["count"])
-    result = {"accuracy": float(sums["correct"]) / count}
-    if "agree" in sums:
-        result["teacher_accuracy"] = float(sums["teacher_correct"]) / count
-        result["agreement"] = float(sums["agree"]) / count
-    return result
+    return setup.task.finalize(jax.device_get(sums))
 
 
 def _mean_checked(pending: list, last_step: int) -> dict[str, float]:
@@ -181,6 +176,7 @@ def _loop(setup: RunSetup, train_fn, evaluate_fn, state, teacher, batches, ckpts
     """Steps to `config.num_steps` with logging, eval and checkpoints; returns (state,
     last eval, timed steps, training seconds). Exits 0 after a preemption checkpoint."""
     config = setup.config
+    items = setup.task.items_per_step(config.batch_size, setup.info)
     start = int(jax.device_get(state.step))
     pending, timer_start, timed_steps, last_eval = [], None, 0, None
     for step in range(start + 1, config.num_steps + 1):
@@ -199,10 +195,11 @@ def _loop(setup: RunSetup, train_fn, evaluate_fn, state, teacher, batches, ckpts
         if save_now or eval_now or (config.log_every and step % config.log_every == 0):
             scalars = _mean_checked(pending, step)
             scalars["learning_rate"] = float(setup.schedule(step - 1))
-            rate = timed_steps * config.batch_size / max(time.perf_counter() - timer_start, 1e-9)
-            writer.write(step, "train", {**scalars, "examples_per_second": rate})
-            eta = (config.num_steps - step) * config.batch_size / max(rate, 1e-9)
-            writer.print(progress_line(step, config.num_steps, scalars, rate, eta))
+            rate = timed_steps * items / max(time.perf_counter() - timer_start, 1e-9)
+            writer.write(step, "train", {**scalars, f"{setup.task.unit}_per_second": rate})
+            eta = (config.num_steps - step) * items / max(rate, 1e-9)
+            writer.print(progress_line(step, config.num_steps, scalars, rate, eta,
+                                       setup.task.unit))
             pending = []
         paused = time.perf_counter()  # eval and checkpointing do not count as training time
         if eval_now:
@@ -223,31 +220,33 @@ def _loop(setup: RunSetup, train_fn, evaluate_fn, state, teacher, batches, ckpts
 
 def _summary(setup: RunSetup, workdir: str, state, result: dict, timed_steps: int,
              elapsed: float) -> dict:
-    """Writes and returns `<workdir>/summary.json`."""
-    cfg = setup.config
+    """Writes and returns `<workdir>/summary.json`: the eval metrics (the student's as
+    `student_<metric>`, the teacher's as `teacher_<metric>`, agreement and KL as they are),
+    throughput in the task's unit, parameter counts, FLOPs per example or token, digest."""
+    cfg, task = setup.config, setup.task
     path = os.path.join(workdir, SUMMARY)
     previous = {}
     if os.path.exists(path):
         with open(path) as f:
             previous = json.load(f)
-    rate = (timed_steps * cfg.batch_size / elapsed if timed_steps and elapsed > 0
-            else previous.get("examples_per_second", 0.0))
+    per = f"{task.unit}_per_second"
+    items = task.items_per_step(cfg.batch_size, setup.info)
+    rate = (timed_steps * items / elapsed if timed_steps and elapsed > 0
+            else previous.get(per, 0.0))
     student_vars = {"params": setup.abstract_state.params["student"],
                     "batch_stats": setup.abstract_state.batch_stats}
-    params, flops = model_cost(setup.ctx.student_def, student_vars, setup.info.image_shape)
-    summary = {
-        "dataset": cfg.data.name, "student_model": cfg.student.model,
-        "student_accuracy": result["accuracy"], "steps": int(jax.device_get(state.step)),
-        "examples_per_second": rate, "student_params": params,
-        "student_flops_per_example": flops,
-        "student_params_sha256": checkpoint.params_sha256(state.params["student"]),
-    }
+    params, flops = run_cost(setup, setup.ctx.student_def, student_vars)
+    unit = task.unit.removesuffix("s")
+    summary = {"task": task.name, "dataset": cfg.data.name, "student_model": cfg.student.model,
+               **{(k if k.startswith("teacher_") or k in PAIR_METRICS else f"student_{k}"): v
+                  for k, v in result.items()},
+               "steps": int(jax.device_get(state.step)), per: rate, "student_params": params,
+               f"student_flops_per_{unit}": flops,
+               "student_params_sha256": checkpoint.params_sha256(state.params["student"])}
     if "teacher_accuracy" in result:
-        t_params, t_flops = model_cost(setup.ctx.teacher_def, setup.teacher_abstract,
-                                       setup.info.image_shape)
-        summary.update(teacher_model=cfg.teacher.model, teacher_accuracy=result["teacher_accuracy"],
-                       agreement=result["agreement"], teacher_params=t_params,
-                       teacher_flops_per_example=t_flops)
+        t_params, t_flops = run_cost(setup, setup.ctx.teacher_def, setup.teacher_abstract)
+        summary.update(teacher_model=cfg.teacher.model, teacher_params=t_params,
+                       **{f"teacher_flops_per_{unit}": t_flops})
     if jax.process_index() == 0:
         with open(path, "w") as f:
             json.dump(summary, f, indent=2)

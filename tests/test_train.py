@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, load_config, set_fields
 
 from jaxdistill import checkpoint, data, experiment
-from jaxdistill.run_setup import abstract_batch, prepare_run
+from jaxdistill.run_setup import prepare_run
 from jaxdistill.step import forward, teacher_step
 from jaxdistill.train import compile_steps, load_teachers, train_and_evaluate
 
@@ -262,7 +262,7 @@ def test_data_parallel_step_all_reduces_student_gradients_only(demo):
     train_fn, _ = compile_steps(setup)
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                         sharding=setup.batch_sharding),
-                         abstract_batch(setup.info, setup.config.batch_size))
+                         setup.abstract_batch())
     hlo = train_fn.lower(setup.abstract_state, setup.teacher_abstract, batch).compile().as_text()
     found = COLLECTIVE.findall(hlo)
     assert found and {kind for _, kind, _ in found} == {"all-reduce"}
@@ -295,11 +295,11 @@ def test_student_mixed_precision_keeps_float32_params_and_optimizer_state(demo, 
     setup = prepare_run(config)
     teachers = jax.eval_shape(lambda s, t, b: teacher_step(setup.ctx, s.rng, s.step, t, b)[1],
                               setup.abstract_state, setup.teacher_abstract,
-                              abstract_batch(setup.info, config.batch_size))
+                              setup.abstract_batch())
     assert teachers["teacher"][1]["hidden1"].dtype == jnp.bfloat16  # computed in bf16
     student = jax.eval_shape(lambda s, x: forward(setup.ctx.student_def, s.params["student"],
                                                   s.batch_stats, x, train=True)[1],
-                             setup.abstract_state, abstract_batch(setup.info, 64)["image"])
+                             setup.abstract_state, setup.abstract_batch(64)["image"])
     assert student["hidden1"].dtype == jnp.bfloat16
     for leaf in jax.tree.leaves((setup.abstract_state.params, setup.abstract_state.opt_state)):
         assert leaf.dtype in (jnp.float32, jnp.int32), leaf

@@ -9,6 +9,7 @@ from jaxdistill.losses.contrastive import (
     sample_negatives,
 )
 from jaxdistill.losses.features import (
+    attention_distribution_loss,
     attention_map,
     attention_transfer_loss,
     hint_loss,
@@ -25,11 +26,14 @@ from jaxdistill.losses.logits import (
     jsd,
     kd_loss,
     reverse_kl,
+    skew_kl,
+    skew_reverse_kl,
     standardize_logits,
     tvd,
 )
 
 __all__ = [
+    "attention_distribution_loss",
     "attention_map",
     "attention_transfer_loss",
     "crd_nce_loss",
@@ -51,6 +55,8 @@ __all__ = [
     "safe_l2_norm",
     "sample_negatives",
     "similarity_preserving_loss",
+    "skew_kl",
+    "skew_reverse_kl",
     "standardize_logits",
     "tvd",
 ]

@@ -90,6 +90,27 @@ def attention_transfer_loss(student_features, teacher_features, p: float = 2) ->
     return jnp.mean(jnp.square(diff), axis=-1)
 
 
+def attention_distribution_loss(student_attention, teacher_attention) -> jax.Array:
+    """Self-attention distribution transfer for transformers, per query position [B, L].
+
+    Wang et al., "MiniLM: Deep Self-Attention Distillation for Task-Agnostic Compression of
+    Pre-Trained Transformers", NeurIPS 2020: KL(A_t || A_s) between the teacher's and the
+    student's attention rows [B, H, L, L] (probabilities over keys), averaged over heads.
+    With different head counts the rows are first averaged over each model's heads.
+    """
+    s, t = _as_float(student_attention), _as_float(teacher_attention)
+    if s.ndim != 4 or t.ndim != 4 or s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
+        raise ValueError(
+            "attention maps must be [B, H, L, L] with equal batch and lengths, got "
+            f"student_attention.shape={s.shape} and teacher_attention.shape={t.shape}")
+    if s.shape[1] != t.shape[1]:
+        s, t = jnp.mean(s, axis=1, keepdims=True), jnp.mean(t, axis=1, keepdims=True)
+    tiny = jnp.finfo(s.dtype).tiny
+    kl = jnp.sum(jnp.where(t > 0, t * (jnp.log(jnp.maximum(t, tiny))
+                                       - jnp.log(jnp.maximum(s, tiny))), 0.0), axis=-1)
+    return jnp.mean(kl, axis=1)
+
+
 def similarity_preserving_loss(student_features, teacher_features) -> jax.Array:
     """Similarity-preserving KD; batch-level, returns a scalar.
 

@@ -153,6 +153,34 @@ def reverse_kl(student_logits, teacher_logits, temperature: float = 1.0) -> jax.
     return _kl(log_p_s, log_p_t)
 
 
+def _log_mixture(log_a: jax.Array, log_b: jax.Array, alpha) -> jax.Array:
+    """log(alpha a + (1 - alpha) b) from log a and log b; alpha in [0, 1)."""
+    if _is_static(alpha) and float(alpha) == 0.0:
+        return log_b
+    return jnp.logaddexp(log_a + jnp.log(alpha), log_b + jnp.log1p(-alpha))
+
+
+def skew_kl(student_logits, teacher_logits, alpha: float = 0.1,
+            temperature: float = 1.0) -> jax.Array:
+    """Skew KL per position: KL(p_t || alpha p_t + (1 - alpha) p_s), alpha in [0, 1).
+
+    Ko et al., "DistiLLM: Towards Streamlined Distillation for Large Language Models", ICML
+    2024; alpha = 0 is the forward KL, and any alpha > 0 bounds it by log(1 / alpha).
+    """
+    _check_interval("alpha", alpha, 0.0, 1.0, closed_low=True, closed_high=False)
+    log_p_s, log_p_t = _log_softmax_pair(student_logits, teacher_logits, temperature)
+    return _kl(log_p_t, _log_mixture(log_p_t, log_p_s, alpha))
+
+
+def skew_reverse_kl(student_logits, teacher_logits, alpha: float = 0.1,
+                    temperature: float = 1.0) -> jax.Array:
+    """Skew reverse KL per position: KL(p_s || alpha p_s + (1 - alpha) p_t), alpha in [0, 1)
+    (Ko et al., DistiLLM, ICML 2024); alpha = 0 is the reverse KL."""
+    _check_interval("alpha", alpha, 0.0, 1.0, closed_low=True, closed_high=False)
+    log_p_s, log_p_t = _log_softmax_pair(student_logits, teacher_logits, temperature)
+    return _kl(log_p_s, _log_mixture(log_p_s, log_p_t, alpha))
+
+
 def jsd(student_logits, teacher_logits, temperature: float = 1.0, beta: float = 0.5) -> jax.Array:
     """Generalised Jensen-Shannon divergence per position over the last axis.
 

@@ -23,7 +23,6 @@ from jaxdistill.store.format import (
     teacher_sha256,
 )
 
-
 __all__ = [
     "FIELD_PREFIX",
     "StoreLayout",

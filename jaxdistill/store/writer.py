@@ -18,7 +18,7 @@ import numpy as np
 from array_record.python import array_record_module
 from jax.experimental import multihost_utils
 
-from jaxdistill import augment, checkpoint, data
+from jaxdistill import checkpoint, data
 from jaxdistill.run_setup import prepare_run
 from jaxdistill.step import forward
 from jaxdistill.store.dense import topk_entries
@@ -37,8 +37,8 @@ RECORDS_PER_FILE = 1 << 20
 WRITER_OPTIONS = "group_size:1"  # one record per chunk: random access by example index
 
 
-def _teacher_outputs(teacher_def, aug, k: int, feature_names, teacher, images):
-    x = augment.apply(aug, images, None, train=False)  # normalisation only
+def _teacher_outputs(teacher_def, task, k: int, feature_names, teacher, images):
+    x = task.inputs({"image": images}, None, train=False).x  # normalisation only
     logits, features, _ = forward(teacher_def, teacher["params"], teacher["batch_stats"], x,
                                   train=False)
     out = topk_entries(logits, k)
@@ -78,6 +78,9 @@ def write_store(config, path: str, *, top_k: int = 0, features=(), split: str | 
     _check_target(path)
     setup = prepare_run(config)
     info, ctx = setup.info, setup.ctx
+    if setup.task.name != "classification":
+        raise ValueError(f"config.task: the teacher store holds class logits; task "
+                         f"'{setup.task.name}' has no store yet")
     split = split or config.data.train_split
     if split not in info.splits:
         raise ValueError(f"--split='{split}' is not a split of {info.name}: {sorted(info.splits)}")
@@ -100,7 +103,7 @@ def write_store(config, path: str, *, top_k: int = 0, features=(), split: str | 
     teacher = checkpoint.load_teacher(config.teacher.checkpoint, abstract)
     source = expected_source(config, teacher_sha256(teacher), info=info, split=split)
     teacher_sh = jax.tree.map(lambda x: x.sharding, abstract)
-    run = jax.jit(functools.partial(_teacher_outputs, ctx.teacher_def, ctx.augment, k, features),
+    run = jax.jit(functools.partial(_teacher_outputs, ctx.teacher_def, ctx.task, k, features),
                   in_shardings=(teacher_sh, setup.batch_sharding),
                   out_shardings=setup.batch_sharding)
     batches = data.make_eval_iterator(info, split=split, reader=config.data.reader,
