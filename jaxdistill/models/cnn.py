@@ -51,6 +51,8 @@ class CNN(nnx.Module):
     Features: ``stage{i}`` (pooled NHWC maps, i from 1) and ``embedding`` ``[B, hidden]``.
     """
 
+    INPUT_KIND = "image"
+
     def __init__(self, widths: tuple[int, ...] = (32, 64), hidden: int = 128, *,
                  num_classes: int, input_shape: tuple[int, int, int], dtype: Any = jnp.float32,
                  rngs: nnx.Rngs):

@@ -30,6 +30,8 @@ class MLP(nnx.Module):
     hidden layer).
     """
 
+    INPUT_KIND = "image"
+
     def __init__(self, widths: Sequence[int] = (512, 512), dropout: float = 0.0,
                  input_dropout: float = 0.0, *, num_classes: int,
                  input_shape: tuple[int, int, int], dtype: Any = jnp.float32, rngs: nnx.Rngs):

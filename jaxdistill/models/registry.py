@@ -5,12 +5,20 @@ Each model class is registered under one or more names with default keyword argu
     @register("resnet20", depth=20, widths=(16, 16, 32, 64))
     class ResNet(nnx.Module): ...
 
-``build_model`` merges the caller's kwargs over those defaults. Every model is called as
-``model(x, train=False, rngs=None) -> (logits, features)`` with ``x`` float32 NHWC images of
-shape ``[B, *input_shape]``, ``logits`` float32 ``[B, num_classes]`` and ``features`` a dict of
-named intermediates in the compute dtype that always holds ``"embedding"``, the ``[B, D]`` vector
-fed to the classifier. Models hold only ``nnx.Param`` and ``nnx.BatchStat`` state (no stored
-rngs): dropout keys come from the ``rngs`` argument of the call.
+``build_model`` merges the caller's kwargs over those defaults. Every model class declares its
+``INPUT_KIND``, which fixes what ``input_shape`` means and what the model is called on:
+
+- ``"image"``: ``input_shape = (H, W, C)``; ``model(x, train=False, rngs=None) -> (logits,
+  features)`` with ``x`` float32 NHWC images ``[B, H, W, C]``, ``logits`` float32
+  ``[B, num_classes]`` and ``features`` a dict of named intermediates in the compute dtype that
+  always holds ``"embedding"``, the ``[B, D]`` vector fed to the classifier.
+- ``"tokens"``: ``input_shape = (max_len,)`` and ``num_classes`` is the vocabulary size;
+  ``model(tokens, train=False, rngs=None, ...)`` on integer tokens ``[B, L]`` with
+  ``L <= max_len`` returns float32 per-position logits ``[B, L, num_classes]`` (see
+  ``decoder.Decoder`` for its keyword arguments and features).
+
+Models hold only ``nnx.Param`` and ``nnx.BatchStat`` state (no stored rngs): dropout keys come
+from the ``rngs`` argument of the call.
 """
 
 from __future__ import annotations
@@ -26,12 +34,15 @@ from flax import nnx
 _REGISTRY: dict[str, tuple[Callable[..., nnx.Module], dict[str, Any]]] = {}
 # Arguments build_model supplies itself; registry defaults and kwargs may not set them.
 _RESERVED = ("num_classes", "input_shape", "rngs", "dtype")
+INPUT_KINDS = ("image", "tokens")
 
 
 def register(name: str, **defaults: Any) -> Callable:
     """Class decorator: register ``cls`` as ``name`` with constructor ``defaults``."""
 
     def decorator(cls):
+        if getattr(cls, "INPUT_KIND", None) not in INPUT_KINDS:
+            raise ValueError(f"{cls.__name__} must declare INPUT_KIND, one of {INPUT_KINDS}")
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is registered twice")
         _REGISTRY[name] = (cls, defaults)
@@ -45,11 +56,29 @@ def model_names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
+def input_kind(name: str) -> str:
+    """What the registered model ``name`` reads: ``"image"`` or ``"tokens"``."""
+    return _registered(name)[0].INPUT_KIND
+
+
+def _registered(name: str) -> tuple[Callable[..., nnx.Module], dict[str, Any]]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available models: {', '.join(model_names())}")
+    return _REGISTRY[name]
+
+
+def _check_input_shape(name: str, kind: str, input_shape: tuple) -> None:
+    rank, form = {"image": (3, "(H, W, C)"), "tokens": (1, "(max_len,)")}[kind]
+    if len(input_shape) != rank or not all(isinstance(d, int) and d > 0 for d in input_shape):
+        raise ValueError(f"{name}: input_shape must be {form} positive ints for a model of "
+                         f"{kind}, got {input_shape}")
+
+
 def build_model(
     name: str,
     *,
     num_classes: int,
-    input_shape: tuple[int, int, int],
+    input_shape: tuple[int, ...],
     rngs: nnx.Rngs,
     dtype: Any = jnp.float32,
     **kwargs: Any,
@@ -58,8 +87,9 @@ def build_model(
 
     Args:
       name: a registry name, see ``model_names()``.
-      num_classes: number of logits.
-      input_shape: image shape ``(H, W, C)`` (no batch dimension).
+      num_classes: number of logits (the vocabulary size of a token model).
+      input_shape: the per-example input shape: ``(H, W, C)`` for an image model,
+        ``(max_len,)`` for a token model (see ``input_kind``).
       rngs: parameter initialisation randomness; not stored in the model.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters are always float32.
       **kwargs: architecture overrides (e.g. ``depth=2`` for a ViT).
@@ -68,14 +98,11 @@ def build_model(
       ValueError: unknown name, bad ``num_classes``/``input_shape``, or an invalid architecture.
       TypeError: a keyword the model does not accept.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(model_names())}")
+    cls, defaults = _registered(name)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"{name}: num_classes must be a positive int, got {num_classes!r}")
     input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or not all(isinstance(d, int) and d > 0 for d in input_shape):
-        raise ValueError(f"{name}: input_shape must be (H, W, C) positive ints, got {input_shape}")
-    cls, defaults = _REGISTRY[name]
+    _check_input_shape(name, cls.INPUT_KIND, input_shape)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", *_RESERVED}
     bad = sorted(set(kwargs) - accepted)
     if bad:
@@ -93,13 +120,20 @@ def build_model(
 
 
 def check_call(model: nnx.Module, x: jax.Array, *, needs_rngs: bool, rngs: Any) -> None:
-    """Fails early (at trace time) on images of the wrong shape or missing dropout rngs.
+    """Fails early (at trace time) on inputs of the wrong shape or missing dropout rngs.
 
-    ``model`` must have an ``input_shape`` attribute; ``needs_rngs`` is true when the call
-    will draw dropout masks (train mode with a dropout rate above zero).
+    ``model`` must have ``INPUT_KIND`` and ``input_shape`` attributes: image models take
+    ``[B, *input_shape]`` images, token models integer tokens ``[B, L]`` with
+    ``L <= input_shape[0]``. ``needs_rngs`` is true when the call will draw dropout masks
+    (train mode with a dropout rate above zero).
     """
     name = type(model).__name__
-    if x.ndim != 4 or tuple(x.shape[1:]) != model.input_shape:
+    if model.INPUT_KIND == "tokens":
+        (max_len,) = model.input_shape
+        if x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.integer) or x.shape[1] > max_len:
+            raise ValueError(f"{name}: expected integer tokens [B, L] with L <= {max_len}, "
+                             f"got {x.dtype} shape {tuple(x.shape)}")
+    elif x.ndim != 4 or tuple(x.shape[1:]) != model.input_shape:
         raise ValueError(f"{name}: expected images [B, {', '.join(map(str, model.input_shape))}], "
                          f"got shape {tuple(x.shape)}")
     if needs_rngs and rngs is None:

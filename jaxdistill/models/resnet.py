@@ -60,6 +60,8 @@ class ResNet(nnx.Module):
     resolution) and ``embedding`` (globally pooled ``[B, widths[-1]]``).
     """
 
+    INPUT_KIND = "image"
+
     def __init__(self, depth: int, widths: Sequence[int], *, num_classes: int,
                  input_shape: tuple[int, int, int], dtype: Any = jnp.float32, rngs: nnx.Rngs):
         if depth < 8 or (depth - 2) % 6:

@@ -62,6 +62,8 @@ class ViT(nnx.Module):
     only, to keep memory small) and ``embedding`` (the final-LayerNorm class token ``[B, dim]``).
     """
 
+    INPUT_KIND = "image"
+
     def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int | None = None,
                  patch_size: int = 4, *, num_classes: int, input_shape: tuple[int, int, int],
                  dtype: Any = jnp.float32, rngs: nnx.Rngs):

@@ -52,6 +52,8 @@ class WideResNet(nnx.Module):
     ``[B, 64 * widen_factor]``).
     """
 
+    INPUT_KIND = "image"
+
     def __init__(self, depth: int, widen_factor: int, dropout: float = 0.0, *, num_classes: int,
                  input_shape: tuple[int, int, int], dtype: Any = jnp.float32, rngs: nnx.Rngs):
         if depth < 10 or (depth - 4) % 6:
