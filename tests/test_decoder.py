@@ -11,7 +11,6 @@ from flax import nnx
 from jaxdistill.models import build_model, input_kind, logical_axes, model_names
 
 V, L = 64, 16  # test vocabulary and max length
-TINY = dict(dim=64, depth=2, heads=4, kv_heads=2, mlp_dim=128)  # lm_tiny's registry entry
 
 
 def _rngs(seed=0):
