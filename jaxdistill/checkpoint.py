@@ -3,14 +3,26 @@
 A run's checkpoints live in `<workdir>/checkpoints/<step>/` with three items:
 `model` ({'params', 'batch_stats'} of the student: what a later run loads as its
 teacher), `train` (aux params and state, optimizer state, step, rng) and `data` (the iterator
-position, JSON). Saving is asynchronous; every process takes part (Orbax coordinates).
-Kept: the newest `keep` checkpoints plus the best by eval accuracy.
+position, JSON), plus Orbax's `metrics` when the step was evaluated. Saving is asynchronous;
+every process takes part (Orbax coordinates). Kept: the newest `keep` checkpoints plus the
+best by the task's eval metric (highest accuracy; lowest perplexity for language models).
+
+`<step>/sha256.json` records, per item, a SHA-256 over its files (`files_sha256`). Process 0
+writes it in Orbax's background thread once every process's writes are done and before the
+step directory is renamed into place, so a committed step carries its digests. Restoring
+verifies them first: a damaged run checkpoint is set aside like an unreadable one, a damaged
+teacher is refused. A step without sha256.json (written before digests were recorded) is
+restored unverified, saying so.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
+import logging
 import os
+import sys
 import time
 
 import jax
@@ -19,9 +31,11 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from jaxdistill.run_record import write_atomically
 from jaxdistill.state import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
+DIGESTS = "sha256.json"
 
 
 def _handlers():
@@ -44,10 +58,12 @@ def _path_str(path) -> str:
 class RunCheckpoints:
     """Saves and restores a run's `TrainState` and data position in `<workdir>/checkpoints`."""
 
-    def __init__(self, workdir: str, *, keep: int = 3, asynchronous: bool = True):
+    def __init__(self, workdir: str, *, keep: int = 3, asynchronous: bool = True,
+                 best_metric: str = "accuracy", best_mode: str = "max"):
         preserve = policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
-            policies.BestN(get_metric_fn=lambda m: m["accuracy"], n=1,
+            policies.BestN(get_metric_fn=lambda m: m[best_metric], n=1,
+                           reverse=best_mode == "min",
                            keep_checkpoints_without_metrics=False),
         ])
         options = ocp.CheckpointManagerOptions(preservation_policy=preserve,

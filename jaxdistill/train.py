@@ -146,7 +146,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     setup = prepare_run(config)
     os.makedirs(workdir, exist_ok=True)
     writer = MetricWriter(workdir)
-    ckpts = checkpoint.RunCheckpoints(workdir, keep=config.keep_checkpoints)
+    ckpts = checkpoint.RunCheckpoints(workdir, keep=config.keep_checkpoints,
+                                      best_metric=setup.task.best_metric,
+                                      best_mode=setup.task.best_mode)
     watch = PreemptionWatch()
     try:
         teacher = load_teachers(setup)
