@@ -34,10 +34,24 @@ def _randomize(model, seed=1):
 
 
 @nnx.jit(static_argnames=("attention_maps", "logits", "train"))
-def _apply(model, tokens, segment_ids=None, positions=None, attention_maps=False, logits=True,
-           train=False, rngs=None):
+def _jit_apply(model, tokens, segment_ids, positions, attention_maps, logits, train, rngs):
     return model(tokens, train=train, rngs=rngs, segment_ids=segment_ids, positions=positions,
                  attention_maps=attention_maps, logits=logits)
+
+
+def _apply(model, tokens, segment_ids=None, positions=None, attention_maps=False, logits=True,
+           train=False, rngs=None):
+    """One compiled forward per model and mode: tokens [B <= 2, L' <= L] are padded to [2, L]
+    (causal: padding after a position changes nothing at it), one document unless given."""
+    b, n = tokens.shape
+    if segment_ids is None:
+        segment_ids = jnp.ones((b, n), jnp.int32)
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(n), (b, n))
+    pad = ((0, 2 - b), (0, L - n))
+    logits, features = _jit_apply(model, jnp.pad(tokens, pad), jnp.pad(segment_ids, pad),
+                                  jnp.pad(positions, pad), attention_maps, logits, train, rngs)
+    return (None if logits is None else logits[:b, :n]), features
 
 
 def _tokens(shape, seed=2):
@@ -114,19 +128,17 @@ def test_forward_matches_float64_numpy(tiny):
 def test_causal_and_packed_documents(tiny):
     tokens = _tokens((1, L))
     t = 9
-    changed = tokens.at[0, t].set((tokens[0, t] + 1) % V)
-    a, _ = _apply(tiny, tokens)
-    b, _ = _apply(tiny, changed)
+    both, _ = _apply(tiny, jnp.concatenate([tokens, tokens.at[0, t].set((tokens[0, t] + 1) % V)]))
+    a, b = both[:1], both[1:]
     np.testing.assert_array_equal(a[:, :t], b[:, :t])
     assert np.abs(a[:, t:] - b[:, t:]).max(axis=-1).min() > 1e-4  # every later position moved
 
     packed, segment_ids, positions = _packed_inputs()
     logits, _ = _apply(tiny, packed, segment_ids, positions)
     assert bool(jnp.all(jnp.isfinite(logits)))  # the padding segment included
-    first, _ = _apply(tiny, packed[:1, :7])
-    second, _ = _apply(tiny, packed[:1, 7:13])
-    np.testing.assert_allclose(logits[0, :7], first[0], atol=1e-5)
-    np.testing.assert_allclose(logits[0, 7:13], second[0], atol=1e-5)
+    alone, _ = _apply(tiny, jnp.stack([packed[0, :7], packed[0, 7:14]]))  # + 1 padding token
+    np.testing.assert_allclose(logits[0, :7], alone[0], atol=1e-5)
+    np.testing.assert_allclose(logits[0, 7:13], alone[1, :6], atol=1e-5)
 
 
 def test_gqa_equals_multi_head_with_shared_kv(tiny):
