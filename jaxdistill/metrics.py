@@ -11,6 +11,8 @@ import time
 
 import jax
 
+from jaxdistill.run_record import write_atomically
+
 
 def format_duration(seconds: float) -> str:
     seconds = int(max(0, round(seconds)))
@@ -34,17 +36,46 @@ def progress_line(step: int, total: int, scalars: dict[str, float], items_per_se
     return " | ".join(parts)
 
 
+def _record_step(line: str) -> int | None:
+    """The step of a metrics.jsonl line; None for a line that is not a record (torn by a kill)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class MetricWriter:
-    """Appends `{"step", "split", ...scalars}` records to metrics.jsonl and TensorBoard."""
+    """Appends `{"step", "split", ...scalars}` records to metrics.jsonl and TensorBoard.
+
+    A resumed run calls `drop_after(step)` before its first write: the records of the steps
+    it trains again leave metrics.jsonl, and its TensorBoard event file starts with
+    `purge_step=step + 1`, so TensorBoard hides the older events past `step` (event files
+    are append-only: those events stay on disk)."""
 
     def __init__(self, workdir: str, *, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self._tb = None
+        self._tensorboard_dir = os.path.join(workdir, "tensorboard")
+        self._path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = self._purge_step = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 (closed in close())
-            from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._jsonl = open(self._path, "a")  # noqa: SIM115 (closed in close())
+
+    def drop_after(self, step: int) -> None:
+        """Removes metrics.jsonl's records of steps after `step` and the lines a killed run
+        left torn (an atomic rewrite, only if something goes), and has TensorBoard hide its
+        events past `step`."""
+        if not self.enabled:
+            return
+        self._purge_step = step + 1
+        self._jsonl.close()
+        with open(self._path) as f:
+            lines = f.readlines()
+        kept = [line.rstrip("\n") + "\n" for line in lines
+                if (s := _record_step(line)) is not None and s <= step]
+        if kept != lines:
+            write_atomically(self._path, "".join(kept))
+        self._jsonl = open(self._path, "a")  # noqa: SIM115 (closed in close())
 
     def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -52,6 +83,9 @@ class MetricWriter:
         record = {"step": step, "split": split, "time": time.time(), **scalars}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
+        if self._tb is None:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(self._tensorboard_dir, purge_step=self._purge_step)
         for key, value in scalars.items():
             self._tb.add_scalar(f"{split}/{key}", value, step)
 
@@ -62,4 +96,5 @@ class MetricWriter:
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()
+        if self._tb is not None:
             self._tb.close()

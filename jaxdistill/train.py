@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxdistill import checkpoint, data, parallel, store
+from jaxdistill import checkpoint, data, parallel, run_record, store
 from jaxdistill.metrics import MetricWriter, format_duration, progress_line
 from jaxdistill.preemption import PreemptionWatch
 from jaxdistill.run_setup import RunSetup, prepare_run, run_cost
@@ -144,6 +144,7 @@ def _init_or_restore(setup: RunSetup, ckpts, writer, workdir: str):
 def train_and_evaluate(config, workdir: str) -> dict:
     """Runs (or resumes) one training run in `workdir` and returns its summary."""
     setup = prepare_run(config)
+    run_record.check(config, workdir)  # a rerun must be the same run: before anything is written
     os.makedirs(workdir, exist_ok=True)
     writer = MetricWriter(workdir)
     ckpts = checkpoint.RunCheckpoints(workdir, keep=config.keep_checkpoints,
@@ -154,6 +155,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         teacher = load_teachers(setup)
         train_fn, eval_fn = compile_steps(setup)
         state, position = _init_or_restore(setup, ckpts, writer, workdir)
+        writer.drop_after(int(jax.device_get(state.step)))  # records the resumed steps redo
+        run_record.record(config, workdir)
         batches = data.make_train_iterator(
             setup.info, split=config.data.train_split, reader=config.data.reader,
             global_batch_size=config.batch_size, seed=config.seed,

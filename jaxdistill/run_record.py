@@ -1,0 +1,91 @@
+"""What a workdir is a run of: `<workdir>/config.json`, compared on every rerun.
+
+Rerunning a workdir resumes it, so it must stay the same run. A change to a field that
+alters what is trained (the task, data, models, teachers, objective, optimizer, seed, batch
+size, and any field not listed in `RUN_SETTINGS`) is refused before anything is written,
+naming every such field; a change to how the run is carried out or reported (logging, eval
+and checkpoint cadence, kept checkpoints, eval batch, mesh layout, `num_steps`, where the
+prepared dataset lives) is allowed and recorded. A workdir without config.json (a new one,
+or one started before configs were recorded) accepts the config it is given.
+
+config.json is `config.to_json()`: `ml_collections.ConfigDict(json.load(f))` reads it back
+(tuples come back as lists, which compare equal here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+
+CONFIG = "config.json"
+# Fields (or whole sections) that may change between runs of one workdir. `num_steps` below
+# the newest checkpoint is refused where the checkpoint is restored.
+RUN_SETTINGS = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+                "eval_batch_size", "num_steps", "baseline", "mesh", "data.data_dir")
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Replaces `path` with `text` so that readers see the old file or the new, never part."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def config_json(config) -> str:
+    return config.to_json(indent=2, sort_keys=True) + "\n"
+
+
+def changed_fields(old: dict, new: dict, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted field, old JSON, new JSON) for every value that differs between two JSON
+    trees; a section present on one side only is one entry, its other side 'absent'."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        field = f"{prefix}{key}"
+        if key in old and key in new and isinstance(old[key], dict) and isinstance(new[key], dict):
+            changes += changed_fields(old[key], new[key], f"{field}.")
+            continue
+        before, after = (json.dumps(side[key], sort_keys=True) if key in side else "absent"
+                         for side in (old, new))
+        if before != after:
+            changes.append((field, before, after))
+    return changes
+
+
+def _is_run_setting(field: str) -> bool:
+    return any(field == s or field.startswith(f"{s}.") for s in RUN_SETTINGS)
+
+
+def check(config, workdir: str) -> None:
+    """Raises ValueError, in one line naming every field, if `config` differs from the one
+    recorded in `workdir` in a field that alters the run's meaning. Writes nothing."""
+    path = os.path.join(workdir, CONFIG)
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"--workdir={workdir}: {CONFIG} is not valid JSON ({e}); restore it, or "
+                         "delete it to accept the current config") from e
+    changes = [c for c in changed_fields(old, json.loads(config_json(config)))
+               if not _is_run_setting(c[0])]
+    if not changes:
+        return
+    (field, before, after), *others = changes
+    more = (", and so did " + ", ".join(f"config.{f} ({b} -> {a})" for f, b, a in others)
+            if others else "")
+    raise ValueError(f"config.{field}: changed since this workdir was started ({before} -> "
+                     f"{after}){more}; use a new --workdir or restore the old "
+                     f"value{'s' if others else ''}")
+
+
+def record(config, workdir: str) -> None:
+    """Writes `config` to `<workdir>/config.json` (process 0), replacing the old record once
+    `check` has allowed the change."""
+    if jax.process_index() == 0:
+        write_atomically(os.path.join(workdir, CONFIG), config_json(config))
