@@ -1,8 +1,11 @@
-"""Surviving faults, through the real CLI: SIGTERM (preemption), SIGKILL, a corrupted
-newest checkpoint, and a non-finite loss."""
+"""Surviving faults, through the real CLI: SIGTERM (preemption, repeated), SIGKILL, a
+corrupted or byte-flipped newest checkpoint, a changed config on rerun, and a non-finite
+loss."""
 
+import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +41,11 @@ def _run(workdir, teacher):
                           text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def _train_steps(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [r["step"] for r in map(json.loads, f) if r["split"] == "train"]
 
 
 def _sha(workdir):
@@ -76,11 +84,17 @@ def _start_and_wait(workdir, teacher, until_step):
 
 
 @pytest.fixture(scope="module")
-def reference(teacher, tmp_path_factory):
-    """The sha256 of an uninterrupted run."""
+def reference_run(teacher, tmp_path_factory):
+    """The workdir of an uninterrupted run (tests change copies of it, never it)."""
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
     _run(workdir, teacher)
-    return _sha(workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+    """The sha256 of an uninterrupted run."""
+    return _sha(reference_run)
 
 
 def test_sigterm_checkpoints_exits_zero_and_resumes(teacher, reference, tmp_path):
@@ -95,6 +109,7 @@ def test_sigterm_checkpoints_exits_zero_and_resumes(teacher, reference, tmp_path
     resumed = _run(str(tmp_path / "run"), teacher)
     assert f"resumed from step {stopped}" in resumed.stdout
     assert _sha(tmp_path / "run") == reference
+    assert _train_steps(tmp_path / "run") == sorted({*range(10, STEPS + 1, 10), stopped})
 
 
 def test_sigkill_then_rerun_equals_uninterrupted(teacher, reference, tmp_path):
@@ -105,6 +120,19 @@ def test_sigkill_then_rerun_equals_uninterrupted(teacher, reference, tmp_path):
     resumed = _run(str(tmp_path / "run"), teacher)
     assert "resumed from step" in resumed.stdout
     assert _sha(tmp_path / "run") == reference
+    # the records of the steps between the checkpoint and the kill are not repeated
+    assert _train_steps(tmp_path / "run") == list(range(10, STEPS + 1, 10))
+
+
+def test_repeated_sigterms_still_exit_zero(teacher, tmp_path):
+    proc = _start_and_wait(str(tmp_path / "run"), teacher, until_step=60)
+    while proc.poll() is None:  # notices keep coming until the process is gone
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.01)
+    assert proc.returncode == 0, _read(proc.err)[-3000:]
+    stopped = _steps(tmp_path / "run")[-1]
+    assert f"preempted: saved a checkpoint at step {stopped}" in _read(proc.out)
+    assert "SIGTERM again while stopping for the first one; ignored" in _read(proc.err)
 
 
 def test_corrupted_newest_checkpoint_falls_back(teacher, reference, tmp_path):
@@ -124,6 +152,59 @@ def test_corrupted_newest_checkpoint_falls_back(teacher, reference, tmp_path):
     assert f"resumed from step {previous}" in proc.stdout
     assert os.listdir(tmp_path / "corrupted_checkpoints")[0].startswith(f"{newest}-")
     assert _sha(tmp_path) == reference  # training redid the steps of the corrupted checkpoint
+
+
+def test_flipped_bytes_in_the_newest_checkpoint_fall_back(teacher, reference_run, reference,
+                                                          tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference_run, workdir)
+    previous, newest = _steps(workdir)[-2:]
+    # the parameters' bytes (OCDBT data files), a few flipped: same size, still decodable
+    data = max(glob.glob(str(workdir / "checkpoints" / str(newest) / "model" / "ocdbt.process_*"
+                             / "d" / "*")), key=os.path.getsize)
+    size = os.path.getsize(data)
+    with open(data, "r+b") as f:
+        f.seek(size // 2)
+        flipped = bytes(b ^ 0xFF for b in f.read(4))
+        f.seek(size // 2)
+        f.write(flipped)
+    assert os.path.getsize(data) == size
+    proc = _run(str(workdir), teacher)
+    assert (f"checkpoint at step {newest} is unreadable (DamagedCheckpoint: the files of its "
+            f"'model' item differ from the SHA-256 recorded when it was saved); falling back to "
+            f"step {previous}") in proc.stdout
+    assert f"resumed from step {previous}" in proc.stdout
+    assert os.listdir(workdir / "corrupted_checkpoints")[0].startswith(f"{newest}-")
+    assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr
+    assert _sha(workdir) == reference
+    assert _train_steps(workdir) == list(range(10, STEPS + 1, 10))
+
+
+def _tree(directory):
+    """{relative path: bytes} of every file and None for every folder under `directory`."""
+    tree = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            tree[os.path.relpath(os.path.join(root, name), directory)] = None
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                tree[os.path.relpath(os.path.join(root, name), directory)] = f.read()
+    return tree
+
+
+def test_a_changed_config_on_rerun_is_refused_leaving_the_workdir_as_it_was(
+        teacher, reference_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference_run, workdir)
+    before = _tree(workdir)
+    proc = subprocess.run([*_args(str(workdir), teacher), "--config.data.mean=(0.5,)"], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 1
+    assert [line for line in proc.stderr.splitlines() if "error" in line] == [
+        ("jaxdistill: error: config.data.mean: changed since this workdir was started ([0.0] -> "
+         "[0.5]); use a new --workdir or restore the old value")]
+    assert "Traceback" not in proc.stderr
+    assert _tree(workdir) == before
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(teacher, tmp_path):
