@@ -21,40 +21,42 @@ def get_config(arg=None):
     c = base_config()
     c.task = "causal_lm"
     c.data.name = "pystdlib"
-    c.data.vocab_size = 4096
+    c.data.vocab_size = 2048
     c.data.seq_len = 128
-    c.data.max_documents = 600      # the first 600 files in path order (asyncio ... lib2to3)
-    c.batch_size = 32
+    c.data.max_documents = 300      # the first 300 files in path order
+    c.batch_size = 16
     c.eval_batch_size = 64
     c.baseline = True
 
     c.student.model = "lm_student"
     c.teacher.model = "lm_teacher"
-    c.teacher.train.num_steps = 1500
+    c.teacher.train.num_steps = 600
     c.teacher.train.learning_rate = 3e-3
 
     c.objective.ce.weight = 0.5
     c.objective.kd = dict(weight=0.5, temperature=1.0)
     c.lm.chunk_size = 32
+    c.lm.sample_tokens = 40
 
-    c.num_steps = 1000
+    c.num_steps = 600
     c.optimizer.name = "adamw"
     c.optimizer.learning_rate = 3e-3
-    c.optimizer.momentum = 0.9
-    c.optimizer.warmup_steps = 50
+    c.optimizer.warmup_steps = 30
     c.optimizer.weight_decay = 0.01
     c.optimizer.grad_clip = 1.0
     c.log_every = 100
-    c.eval_every = 500
-    c.checkpoint_every = 500
+    c.eval_every = 300
+    c.checkpoint_every = 300
 
     if arg == "runlocal":
-        c.data.max_documents = 150
-        c.data.vocab_size = 2048
-        c.teacher.train.num_steps = 300
-        c.num_steps = 200
-        c.eval_every = c.checkpoint_every = 100
+        c.data.max_documents = 120
+        c.data.seq_len = 64
+        c.teacher.train.num_steps = 150
+        c.num_steps = 150
+        c.lm.chunk_size = 16
+        c.lm.sample_tokens = 24
         c.log_every = 50
+        c.eval_every = c.checkpoint_every = 75
     elif arg:
         raise ValueError(f"configs/lm_kd.py: unknown argument '{arg}' (try 'runlocal')")
     return c

@@ -15,6 +15,7 @@ import os
 import jax
 import ml_collections
 
+from jaxdistill.generate import generate_text
 from jaxdistill.run_setup import prepare_run
 from jaxdistill.train import SUMMARY, train_and_evaluate
 
@@ -63,12 +64,25 @@ def run(config, workdir: str) -> dict:
         config.teacher.checkpoint = os.path.join(workdir, "teacher")
     summaries = {name: train_and_evaluate(cfg, wd) for name, cfg, wd in stages}
     summary = merge_summaries(summaries)
+    if config.task == "causal_lm" and config.lm.sample_tokens:
+        runs = {"teacher": config.teacher.checkpoint, **{n: wd for n, _, wd in stages}}
+        summary["samples"] = lm_samples(config, {n: wd for n, wd in runs.items()
+                                                 if n != "teacher" or config.teacher.model})
     if jax.process_index() == 0:
         with open(os.path.join(workdir, SUMMARY), "w") as f:
             json.dump(summary, f, indent=2)
         if len(summaries) > 1 or "teacher_model" in summary:
             print(comparison_table(summary), flush=True)
     return summary
+
+
+def lm_samples(config, workdirs: dict[str, str]) -> dict[str, str]:
+    """A short sample of each run's model (stage name -> workdir) from `config.lm`'s prompt
+    (temperature 0.8, top-k 40, seeded by config.seed)."""
+    return {name: generate_text(wd, config.lm.sample_prompt,
+                                max_new_tokens=config.lm.sample_tokens, seed=config.seed,
+                                temperature=0.8, top_k=40)
+            for name, wd in workdirs.items()}
 
 
 def merge_summaries(summaries: dict[str, dict]) -> dict:
@@ -132,4 +146,8 @@ def comparison_table(s: dict) -> str:
     elif "scratch_params_sha256" in s:
         lines.append(f"distillation gain over scratch: "
                      f"{100 * (s['student_accuracy'] - s['scratch_accuracy']):+.2f} points")
+    names = {"teacher": "teacher", "scratch": "student from scratch",
+             "student": "distilled student"}
+    for name, text in s.get("samples", {}).items():
+        lines.append(f"\nsample, {names[name]}:\n{text}")
     return "\n".join(lines)

@@ -29,10 +29,10 @@ from tokenizers import Tokenizer
 
 from jaxdistill import data
 from jaxdistill.checkpoint import load_teacher
+from jaxdistill.data.tokenizer import EOT
 from jaxdistill.models import build_model, input_kind
 
 F32 = jnp.float32
-EOT = "<|endoftext|>"  # the end-of-document token of jaxdistill's text tokenizers
 
 
 class Sample(NamedTuple):
@@ -222,8 +222,7 @@ def generate_text(workdir: str, prompt: str, *, role: str = "student",
     if not info.tokenizer:
         raise ValueError(f"config.data.name={config.data.name!r} is not a token dataset")
     graphdef, params, max_len = load_lm(role_cfg, checkpoint, info)
-    tokenizer = Tokenizer.from_file(info.tokenizer)
-    tokenizer.encode_special_tokens = True  # as the dataset encoded its texts
+    tokenizer = data.load_tokenizer(info)  # checked against the dataset's sha256
     ids = encode_prompt(tokenizer, prompt, max_len, max_new_tokens)
     out = sample(graphdef, params, jnp.asarray([ids]), jnp.asarray([len(ids)]),
                  max_new_tokens=max_new_tokens, rng=jax.random.key(seed),

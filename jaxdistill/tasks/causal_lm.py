@@ -40,6 +40,11 @@ class CausalLM:
         if config.data.augment != "none":
             raise ValueError(f"config.data.augment: '{config.data.augment}' augments images; "
                              "task 'causal_lm' reads tokens, so set it to 'none'")
+        room = int(config.data.seq_len) - len(str(config.lm.sample_prompt).encode())
+        if not 0 <= int(config.lm.sample_tokens) <= room:  # byte-level BPE: tokens <= bytes
+            raise ValueError(f"config.lm.sample_tokens ({config.lm.sample_tokens}) must be in "
+                             f"[0, {max(room, 0)}]: the prompt and the sample must fit in "
+                             f"config.data.seq_len ({config.data.seq_len})")
 
     def prepare_data(self, data_cfg) -> data.DatasetInfo:
         info = data.prepare_from_config(data_cfg)
