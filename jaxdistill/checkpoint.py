@@ -125,10 +125,11 @@ def verify_digests(step_dir: str, items=None) -> bool:
 
 @functools.cache
 def _quiet_orbax_stragglers() -> None:
-    """Once an Orbax restore has failed, its other reads still finish on TensorStore threads:
-    they report to the event loop Orbax has already closed (`RuntimeError: Event loop is
-    closed`, through sys.unraisablehook) or end unobserved (asyncio's 'Task exception was
-    never retrieved'), tracebacks about the failure already reported. Drops exactly those."""
+    """Installed before the first Orbax restore: when one fails, Orbax raises the first
+    read's error and closes its event loop, and the other reads end unobserved (asyncio's
+    'Task exception was never retrieved') or finish later on TensorStore threads and report
+    to the closed loop (`RuntimeError: Event loop is closed`, through sys.unraisablehook):
+    tracebacks about the failure already reported. Drops exactly those two."""
     previous = sys.unraisablehook
 
     def hook(unraisable):
@@ -197,6 +198,7 @@ class RunCheckpoints:
         model = {"params": a.params["student"], "batch_stats": a.batch_stats}
         train = {"aux": a.params["aux"], "aux_state": a.aux_state, "opt_state": a.opt_state,
                  "step": a.step, "rng": a.rng}
+        _quiet_orbax_stragglers()
         r = self.manager.restore(step, args=ocp.args.Composite(
             model=ocp.args.StandardRestore(_abstract(model)),
             train=ocp.args.StandardRestore(_abstract(train)), data=ocp.args.JsonRestore()))
@@ -218,8 +220,6 @@ class RunCheckpoints:
             try:
                 restored = self.restore(step, abstract_state, log)
             except Exception as e:
-                if not isinstance(e, DamagedCheckpoint):  # Orbax tried to read it
-                    _quiet_orbax_stragglers()
                 if i + 1 == len(steps):
                     raise ValueError(f"--workdir: no readable checkpoint in "
                                      f"{self.manager.directory}; the oldest (step {step}) failed "
@@ -317,11 +317,11 @@ def load_teacher(path: str, abstract_vars: dict, field: str = "config.teacher.ch
     shardings of `abstract_vars` (checked first with `check_teacher_fits`)."""
     check_teacher_fits(path, abstract_vars, field)
     step_dir, manager, step = _teacher_manager(path, field)
+    _quiet_orbax_stragglers()
     try:
         return manager.restore(step, args=ocp.args.Composite(
             model=ocp.args.StandardRestore(_abstract(abstract_vars))))["model"]
     except Exception as e:
-        _quiet_orbax_stragglers()
         raise _unusable_teacher(field, step_dir, f"is unreadable ({_first_line(e)})") from e
     finally:
         manager.close()
