@@ -8,8 +8,10 @@ and checkpoint cadence, kept checkpoints, eval batch, mesh layout, `num_steps`, 
 prepared dataset lives) is allowed and recorded. A workdir without config.json (a new one,
 or one started before configs were recorded) accepts the config it is given.
 
-config.json is `config.to_json()`: `ml_collections.ConfigDict(json.load(f))` reads it back
-(tuples come back as lists, which compare equal here).
+config.json is `config.to_json()`, except that a teacher trained into `<workdir>/teacher`
+is recorded as `teacher.checkpoint = ''`, the config's own way of saying so, so that a
+moved or copied workdir keeps its record. `ml_collections.ConfigDict(json.load(f))` reads it
+back (tuples come back as lists, which compare equal here).
 """
 
 from __future__ import annotations
@@ -36,8 +38,14 @@ def write_atomically(path: str, text: str) -> None:
     os.replace(temporary, path)
 
 
-def config_json(config) -> str:
-    return config.to_json(indent=2, sort_keys=True) + "\n"
+def config_json(config, workdir: str) -> str:
+    """The record of `config` for `workdir` (see the module doc)."""
+    record = json.loads(config.to_json())
+    teacher = record.get("teacher", {})
+    if teacher.get("checkpoint") and (os.path.abspath(teacher["checkpoint"])
+                                      == os.path.join(os.path.abspath(workdir), "teacher")):
+        teacher["checkpoint"] = ""
+    return json.dumps(record, indent=2, sort_keys=True) + "\n"
 
 
 def changed_fields(old: dict, new: dict, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -72,7 +80,7 @@ def check(config, workdir: str) -> None:
     except ValueError as e:
         raise ValueError(f"--workdir={workdir}: {CONFIG} is not valid JSON ({e}); restore it, or "
                          "delete it to accept the current config") from e
-    changes = [c for c in changed_fields(old, json.loads(config_json(config)))
+    changes = [c for c in changed_fields(old, json.loads(config_json(config, workdir)))
                if not _is_run_setting(c[0])]
     if not changes:
         return
@@ -88,4 +96,4 @@ def record(config, workdir: str) -> None:
     """Writes `config` to `<workdir>/config.json` (process 0), replacing the old record once
     `check` has allowed the change."""
     if jax.process_index() == 0:
-        write_atomically(os.path.join(workdir, CONFIG), config_json(config))
+        write_atomically(os.path.join(workdir, CONFIG), config_json(config, workdir))

@@ -28,9 +28,22 @@ def test_config_json_reads_back_as_the_same_config(recorded):
     with open(os.path.join(workdir, run_record.CONFIG)) as f:
         again = ml_collections.ConfigDict(json.load(f))
     assert again.data.mean == [0.0] and again.objective.kd.temperature == 4.0
-    assert run_record.changed_fields(json.loads(run_record.config_json(again)),
-                                     json.loads(run_record.config_json(config))) == []
+    assert run_record.changed_fields(json.loads(run_record.config_json(again, workdir)),
+                                     json.loads(run_record.config_json(config, workdir))) == []
     run_record.check(again, workdir)
+
+
+def test_a_teacher_trained_into_the_workdir_is_recorded_as_such_and_moves_with_it(tmp_path):
+    config = load_config("digits_kd", "tiny")
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    first.mkdir()
+    set_fields(config, **{"teacher.checkpoint": str(first / "teacher")})  # as experiment.run sets it
+    run_record.record(config, str(first))
+    with open(first / run_record.CONFIG) as f:
+        assert json.load(f)["teacher"]["checkpoint"] == ""
+    os.rename(first, moved)
+    set_fields(config, **{"teacher.checkpoint": str(moved / "teacher")})
+    run_record.check(config, str(moved))
 
 
 ALLOWED = {"log_every": 1, "eval_every": 0, "checkpoint_every": 2, "keep_checkpoints": 5,
