@@ -64,7 +64,8 @@ def run(config, workdir: str) -> dict:
         config.teacher.checkpoint = os.path.join(workdir, "teacher")
     summaries = {name: train_and_evaluate(cfg, wd) for name, cfg, wd in stages}
     summary = merge_summaries(summaries)
-    if config.task == "causal_lm" and config.lm.sample_tokens:
+    if config.task == "causal_lm" and config.lm.sample_tokens and jax.process_count() == 1:
+        # one process: the sampler restores each model onto its first device
         runs = {"teacher": config.teacher.checkpoint, **{n: wd for n, _, wd in stages}}
         summary["samples"] = lm_samples(config, {n: wd for n, wd in runs.items()
                                                  if n != "teacher" or config.teacher.model})
