@@ -342,6 +342,12 @@ def test_input_kinds_and_shape_checks():
     with pytest.raises(ValueError, match="lm_tiny: Decoder heads 4 must be a multiple of "
                                          "kv_heads 3"):
         _build(kv_heads=3)
+    with pytest.raises(ValueError, match=r"lm_tiny: sequence length 1025 \(config.data.seq_len\) "
+                                         r"exceeds the model's max_seq_len 1024"):
+        nnx.eval_shape(lambda: build_model("lm_tiny", num_classes=V, input_shape=(1025,),
+                                           rngs=nnx.Rngs(0)))
+    nnx.eval_shape(lambda: build_model("lm_tiny", num_classes=V, input_shape=(1025,),
+                                       rngs=nnx.Rngs(0), max_seq_len=2048))
     model = nnx.eval_shape(_build)
     for bad in (jax.ShapeDtypeStruct((2, L + 1), jnp.int32),
                 jax.ShapeDtypeStruct((2, L), jnp.float32),

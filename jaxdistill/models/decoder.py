@@ -174,18 +174,19 @@ class Block(nnx.Module):
         return x + self.mlp(self.mlp_norm(x)), cache
 
 
-@register("lm_tiny", dim=64, depth=2, heads=4, kv_heads=2, mlp_dim=128)
-@register("lm_student", dim=128, depth=2, heads=4, kv_heads=2, mlp_dim=256)
-@register("lm_teacher", dim=256, depth=4, heads=4, kv_heads=2, mlp_dim=384)
-@register("lm_20m", dim=384, depth=6, heads=6, kv_heads=2, mlp_dim=1024)
-@register("lm_small", dim=512, depth=8, heads=8, kv_heads=4, mlp_dim=1408)
-@register("lm_base", dim=768, depth=12, heads=12, kv_heads=4, mlp_dim=2048)
+@register("lm_tiny", dim=64, depth=2, heads=4, kv_heads=2, mlp_dim=128, max_seq_len=1024)
+@register("lm_student", dim=128, depth=2, heads=4, kv_heads=2, mlp_dim=256, max_seq_len=4096)
+@register("lm_teacher", dim=256, depth=4, heads=4, kv_heads=2, mlp_dim=384, max_seq_len=4096)
+@register("lm_20m", dim=384, depth=6, heads=6, kv_heads=2, mlp_dim=1024, max_seq_len=4096)
+@register("lm_small", dim=512, depth=8, heads=8, kv_heads=4, mlp_dim=1408, max_seq_len=4096)
+@register("lm_base", dim=768, depth=12, heads=12, kv_heads=4, mlp_dim=2048, max_seq_len=4096)
 class Decoder(nnx.Module):
     """Decoder LM over ``num_classes`` tokens and up to ``input_shape[0]`` positions.
 
     ``head_dim`` defaults to ``dim // heads``; ``tie_embeddings`` computes the logits with the
     transposed embedding (as ``nnx.Embed.attend``), otherwise with a separate
-    ``[dim, vocab]`` head; ``dropout`` applies to both residual branches in train mode.
+    ``[dim, vocab]`` head; ``dropout`` applies to both residual branches in train mode;
+    ``max_seq_len`` (None: any) bounds the sequence length the model is built for.
 
     Features: ``block{i}`` (block i's output ``[B, L, dim]``, i from 1), ``hidden`` (the final
     RMS-normed hidden state, what the head reads) and, with ``attention_maps=True``,
@@ -197,7 +198,8 @@ class Decoder(nnx.Module):
 
     def __init__(self, dim: int, depth: int, heads: int, kv_heads: int, mlp_dim: int,
                  head_dim: int | None = None, tie_embeddings: bool = True,
-                 rope_theta: float = 10_000.0, norm_eps: float = 1e-5, dropout: float = 0.0, *,
+                 rope_theta: float = 10_000.0, norm_eps: float = 1e-5, dropout: float = 0.0,
+                 max_seq_len: int | None = None, *,
                  num_classes: int, input_shape: tuple[int], dtype: Any = F32, rngs: nnx.Rngs):
         for field, value in (("dim", dim), ("depth", depth), ("heads", heads),
                              ("kv_heads", kv_heads), ("mlp_dim", mlp_dim)):
@@ -214,6 +216,10 @@ class Decoder(nnx.Module):
             raise ValueError(f"Decoder head_dim must be even for rotary embeddings, got {head_dim}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"Decoder dropout must be in [0, 1), got {dropout}")
+        if max_seq_len is not None and input_shape[0] > max_seq_len:
+            raise ValueError(f"sequence length {input_shape[0]} (config.data.seq_len) exceeds "
+                             f"the model's max_seq_len {max_seq_len}; lower it, or raise "
+                             "kwargs.max_seq_len where rotary positions extrapolate")
         self.input_shape = tuple(input_shape)
         self.max_len = self.input_shape[0]
         self.vocab_size = num_classes
