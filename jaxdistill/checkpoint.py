@@ -284,7 +284,8 @@ def check_teacher_fits(path: str, abstract_vars: dict,
                        field: str = "config.teacher.checkpoint") -> None:
     """Raises ValueError, in one line naming `field` and the checkpoint, unless the newest
     checkpoint under `path` holds an intact `model` item (its digest matches) with exactly
-    the shapes of `abstract_vars` ({'params', 'batch_stats'}). Reads no array data."""
+    the shapes of `abstract_vars` ({'params', 'batch_stats'}). Hashes the item's files;
+    restores nothing."""
     step_dir, manager, step = _teacher_manager(path, field)
     try:
         if not verify_digests(step_dir, items=("model",)):
