@@ -16,6 +16,7 @@ import jax
 import ml_collections
 
 from jaxdistill.generate import generate_text
+from jaxdistill.logs import RUN_LOG
 from jaxdistill.run_setup import prepare_run
 from jaxdistill.train import SUMMARY, train_and_evaluate
 
@@ -62,7 +63,11 @@ def run(config, workdir: str) -> dict:
         prepare_run(cfg, teacher_checkpoint_required=not (name == "student" and trains_teacher))
     if trains_teacher:
         config.teacher.checkpoint = os.path.join(workdir, "teacher")
-    summaries = {name: train_and_evaluate(cfg, wd) for name, cfg, wd in stages}
+    log = RUN_LOG.to_file(workdir)
+    summaries = {}
+    for name, cfg, wd in stages:
+        _announce(name, cfg, wd, log if name == stages[0][0] else None)
+        summaries[name] = train_and_evaluate(cfg, wd)
     summary = merge_summaries(summaries)
     if config.task == "causal_lm" and config.lm.sample_tokens and jax.process_count() == 1:
         # one process: the sampler restores each model onto its first device
@@ -75,6 +80,19 @@ def run(config, workdir: str) -> dict:
         if len(summaries) > 1 or "teacher_model" in summary:
             print(comparison_table(summary), flush=True)
     return summary
+
+
+def _announce(stage: str, cfg, workdir: str, log: str | None) -> None:
+    """Prints (process 0) a header naming what a stage trains, from what, into where."""
+    if jax.process_index() != 0:
+        return
+    steps = f"{cfg.num_steps} steps on {cfg.data.name}"
+    what = {"teacher": f"teacher {cfg.student.model}: trained here, supervised, {steps}",
+            "scratch": f"student {cfg.student.model} from scratch: ce only, {steps}",
+            "student": f"student {cfg.student.model} distilled from teacher {cfg.teacher.model}"
+                       f" (restored from {cfg.teacher.checkpoint}): "
+                       f"{', '.join(cfg.objective)}, {steps}"}[stage]
+    print(f"== {what}; into {workdir}" + (f" (full log: {log})" if log else ""), flush=True)
 
 
 def lm_samples(config, workdirs: dict[str, str]) -> dict[str, str]:

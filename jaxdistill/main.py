@@ -12,6 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxdistill import distributed
+from jaxdistill.logs import RUN_LOG
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, summary.")
@@ -40,6 +41,7 @@ _SHUTDOWN_TIMEOUT = flags.DEFINE_integer("shutdown_timeout", distributed.SHUTDOW
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    RUN_LOG.quiet(verbose=flags.FLAGS["verbosity"].present)
     if "://" in _WORKDIR.value:  # the trainer writes through os / open(): local paths only
         sys.exit(f"jaxdistill: error: --workdir={_WORKDIR.value}: URLs are not supported yet; "
                  "use a directory every process sees at the same path (NFS, Filestore, "
