@@ -15,6 +15,7 @@ import os
 import jax
 import ml_collections
 
+from jaxdistill import run_record
 from jaxdistill.generate import generate_text
 from jaxdistill.logs import RUN_LOG
 from jaxdistill.run_setup import prepare_run
@@ -59,8 +60,9 @@ def run(config, workdir: str) -> dict:
     if config.baseline:
         stages.append(("scratch", scratch_config(config), os.path.join(workdir, "scratch")))
     stages.append(("student", config, workdir))
-    for name, cfg, _ in stages:
+    for name, cfg, wd in stages:  # all refusals before anything is written
         prepare_run(cfg, teacher_checkpoint_required=not (name == "student" and trains_teacher))
+        run_record.check(cfg, wd)
     if trains_teacher:
         config.teacher.checkpoint = os.path.join(workdir, "teacher")
     log = RUN_LOG.to_file(workdir)

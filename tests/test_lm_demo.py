@@ -66,6 +66,6 @@ def test_generate_command_on_the_demo_workdir(demo):
 def test_generate_command_refuses_what_is_not_an_lm_run(tmp_path):
     out = _generate(f"--workdir={tmp_path}", "--prompt=def ")
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == [
-        f"jaxdistill: error: no {tmp_path}/config.json: --workdir must be the workdir of a "
-        "training run"]
+    expected = (f"jaxdistill: error: no {tmp_path}/config.json: --workdir must be the workdir "
+                "of a training run")
+    assert out.stderr.strip().splitlines() == [expected]
