@@ -19,7 +19,7 @@ from jaxdistill import run_record
 from jaxdistill.generate import generate_text
 from jaxdistill.logs import RUN_LOG
 from jaxdistill.run_setup import prepare_run
-from jaxdistill.train import SUMMARY, train_and_evaluate
+from jaxdistill.train import PAIR_METRICS, SUMMARY, evaluate_other_student, train_and_evaluate
 
 
 def teacher_config(config) -> ml_collections.ConfigDict:
@@ -71,6 +71,9 @@ def run(config, workdir: str) -> dict:
         _announce(name, cfg, wd, log if name == stages[0][0] else None)
         summaries[name] = train_and_evaluate(cfg, wd)
     summary = merge_summaries(summaries)
+    if "scratch" in summaries and "agreement" in summary:  # the baseline of the agreement
+        scratch = evaluate_other_student(prepare_run(config), os.path.join(workdir, "scratch"))
+        summary.update({f"scratch_{k}": scratch[k] for k in PAIR_METRICS if k in scratch})
     if config.task == "causal_lm" and config.lm.sample_tokens and jax.process_count() == 1:
         # one process: the sampler restores each model onto its first device
         runs = {"teacher": config.teacher.checkpoint, **{n: wd for n, _, wd in stages}}
@@ -152,7 +155,8 @@ def comparison_table(s: dict) -> str:
                      speed(f"teacher_{per}")))
     student = (f"{s['student_params']:,}", f"{s[f'student_flops_per_{unit}']:,.0f}")
     if "scratch_params_sha256" in s:
-        rows.append((f"student from scratch ({s['student_model']})", *metrics("scratch"), "-",
+        rows.append((f"student from scratch ({s['student_model']})", *metrics("scratch"),
+                     f"{s['scratch_agreement']:.4f}" if "scratch_agreement" in s else "-",
                      *student, speed(f"scratch_{per}")))
     rows.append((f"distilled student ({s['student_model']})", *metrics("student"),
                  f"{s['agreement']:.4f}" if "agreement" in s else "-", *student, speed(per)))

@@ -110,6 +110,22 @@ def evaluate(setup: RunSetup, eval_fn, state, teacher) -> dict[str, float]:
     return setup.task.finalize(jax.device_get(sums))
 
 
+def evaluate_other_student(setup: RunSetup, workdir: str) -> dict[str, float]:
+    """`evaluate` with the final student of another run in `workdir` (same architecture, e.g.
+    the demo's scratch student) in place of this run's, against this run's teacher: how much
+    that student agrees with the teacher, on the same eval split."""
+    teacher = load_teachers(setup)
+    _, eval_fn = compile_steps(setup)
+    state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(
+        jax.random.PRNGKey(setup.config.seed))
+    abstract = {"params": setup.abstract_state.params["student"],
+                "batch_stats": setup.abstract_state.batch_stats}
+    other = checkpoint.load_teacher(workdir, abstract, field=f"the run in {workdir}")
+    state = state.replace(params={**state.params, "student": other["params"]},
+                          batch_stats=other["batch_stats"])
+    return evaluate(setup, eval_fn, state, teacher)
+
+
 def _mean_checked(pending: list, last_step: int) -> dict[str, float]:
     """Mean of the per-step metrics of steps `last_step - len(pending) + 1 .. last_step`;
     raises FloatingPointError naming the first step and loss terms that are not finite."""

@@ -109,6 +109,11 @@ def test_reported_accuracies_match_a_numpy_forward_pass(demo):
     assert summary["student_accuracy"] == pytest.approx(np.mean(s == labels[keep]), abs=1e-9)
     assert summary["teacher_accuracy"] == pytest.approx(np.mean(t == labels[keep]), abs=1e-9)
     assert summary["agreement"] == pytest.approx(np.mean(s == t), abs=1e-9)
+    scratch = jax.device_get(checkpoint.load_teacher(os.path.join(workdir, "scratch"),
+                                                     student_abstract))
+    z = _mlp_forward(nnx_pure(scratch), images, 0.0, 1.0).argmax(-1)[keep]
+    assert summary["scratch_accuracy"] == pytest.approx(np.mean(z == labels[keep]), abs=1e-9)
+    assert summary["scratch_agreement"] == pytest.approx(np.mean(z == t), abs=1e-9)
 
 
 def nnx_pure(state):
