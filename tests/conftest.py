@@ -5,9 +5,12 @@ import importlib.util
 import os
 import tempfile
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    # 8 devices, unless a test's subprocess asked for its own count (e.g. a 1-device
+    # reference run that imports this module: appending 8 would override its 1)
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAXDISTILL_DATA_DIR", tempfile.mkdtemp(prefix="jaxdistill_data_"))
 
