@@ -53,6 +53,12 @@ def lm_config(objective=None, **overrides):
     return set_fields(config, **overrides)
 
 
+def quick(fn, *args):
+    """`fn` compiled for `args` at XLA's backend optimisation level 0: the tests' own programs
+    (references, the chunk comparison) compile ~3x faster; the trainer's keep the default."""
+    return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})
+
+
 # --------------------------------------------------------------------------- NumPy references
 
 def _softmax(z):
@@ -157,7 +163,6 @@ def _check_grads(cases, directions=4, eps=1e-5):
     rng = np.random.default_rng(0)
     us = [jnp.asarray(rng.normal(size=(directions, *x.shape)), x.dtype) for x in xs]
 
-    @jax.jit
     def check(xs, us):
         out = []
         for fn, x, u in zip(fns, xs, us):
@@ -167,7 +172,7 @@ def _check_grads(cases, directions=4, eps=1e-5):
         return out
 
     grads = []
-    for i, (analytic, numeric, g) in enumerate(check(list(xs), us)):
+    for i, (analytic, numeric, g) in enumerate(quick(check, list(xs), us)(list(xs), us)):
         assert g.dtype == jnp.float64, i  # float64 in, float64 through
         assert np.abs(numeric).max() > 1e-3, i  # directions the function depends on
         np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9, err_msg=str(i))
@@ -237,8 +242,9 @@ def test_weighted_mean_counts_real_positions_only(chunk):
     objective = build_objective({"fkl": {"weight": 0.7}, "ce": {"weight": 0.3}},
                                 has_teacher=True, task=CausalLM(lm_config()))
     h_s, h_t, w_s, w_t, labels, weights = _token_views(0, WEIGHTS)
-    total, values = jax.jit(functools.partial(_objective_value, objective, chunk=chunk))(
-        h_s, h_t, w_s, w_t, labels, weights)
+    args = (h_s, h_t, w_s, w_t, labels, weights)
+    total, values = quick(functools.partial(_objective_value, objective, chunk=chunk), *args)(
+        *args)
     s, t = np.asarray(h_s @ w_s, np.float64), np.asarray(h_t @ w_t, np.float64)
     real = WEIGHTS > 0
     fkl = _np_kl(_softmax(t), _softmax(s))[real].mean()
@@ -260,12 +266,12 @@ def test_weight_zero_positions_change_neither_loss_nor_gradient(chunk):
     objective = build_objective(LOGIT_TERMS, has_teacher=True, task=CausalLM(lm_config()))
     h_s, h_t, w_s, w_t, labels, weights = _token_views(1, WEIGHTS)
 
-    @jax.jit
     def loss_and_grads(h_s, h_t, w_s, labels):
         def loss(h_s, w_s):
             return _objective_value(objective, h_s, h_t, w_s, w_t, labels, weights, chunk=chunk)
         return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(h_s, w_s)
 
+    loss_and_grads = quick(loss_and_grads, h_s, h_t, w_s, labels)
     (total, values), (g_h, g_w) = loss_and_grads(h_s, h_t, w_s, labels)
     assert float(total) > 0 and np.abs(g_w).max() > 1e-3
     np.testing.assert_array_equal(np.asarray(g_h)[WEIGHTS == 0], 0.0)
@@ -348,7 +354,7 @@ def lm_init():
     a second draw of it (key 1) whose student serves as a 64-wide random teacher, and
     random 96-wide teacher variables: one init program compiled for the whole module."""
     setup = prepare_run(run_config(), teacher_checkpoint_required=False)
-    init = jax.jit(setup.init_state)
+    init = quick(setup.init_state, jax.random.PRNGKey(0))
     state = jax.device_get(init(jax.random.PRNGKey(0)))
     other = jax.device_get(init(jax.random.PRNGKey(1)))
     return {"state": state, "teacher64": {"params": other.params["student"],
@@ -423,8 +429,8 @@ def chunk_runs(lm_init):
     batch = jax.device_put({**batch, "weights": batch["weights"] * keep}, device)
     out = {"batch": batch, "before": _flat(state.params)}
     for chunk, setup in setups.items():
-        step = jax.jit(functools.partial(train_step, setup.ctx))
-        new, metrics = step(state, teacher, batch)
+        step = functools.partial(train_step, setup.ctx)
+        new, metrics = quick(step, state, teacher, batch)(state, teacher, batch)
         out[chunk] = (_flat(new.params), _host(metrics))
         out[f"jaxpr{chunk}"] = jax.make_jaxpr(step)(state, teacher, batch)
     sharded = prepare_run(config(16, **{"mesh.shape": (2, 4), "mesh.axes": ("data", "tensor"),
@@ -557,6 +563,7 @@ def lm_run(tmp_path_factory, lm_init, teacher_dir):
         submesh = run_steps(run_config(teacher_dir, **{
             "lm.chunk_size": 16, "mesh.teacher_devices": 4, "mesh.student_rule": "fsdp_tensor",
             "mesh.teacher_rule": "fsdp"}), jax.tree.leaves(lm_init["state"]), steps=3)
+        traces = [f._cache_size() for f in (*compiled[0], *submesh[1].jitted)]
         stdout, stderr = proc.communicate(timeout=600)
     finally:
         proc.kill()
@@ -565,7 +572,7 @@ def lm_run(tmp_path_factory, lm_init, teacher_dir):
     with open(os.path.join(workdir, "summary.json")) as f:
         assert json.load(f) == summary
     return {"workdir": workdir, "config": config, "summary": summary, "compiled": compiled,
-            "kept_by": kept_by, "submesh": submesh,
+            "traces": traces, "kept_by": kept_by, "submesh": submesh,
             "one_device": json.loads(line[len("METRICS"):])}
 
 
@@ -582,21 +589,21 @@ def test_eight_devices_equal_one_device(lm_run):
 
 
 def test_teacher_submesh_equals_the_same_mesh_run(lm_run):
-    setup, train_fn, state, metrics = lm_run["submesh"]
+    setup, _, state, metrics = lm_run["submesh"]
     student, teacher = set(setup.mesh.devices.flat), set(setup.teacher_mesh.devices.flat)
     assert len(student) == len(teacher) == 4 and not student & teacher
     assert {d for x in jax.tree.leaves(state) for d in x.devices()} == student
-    assert [f._cache_size() for f in train_fn.jitted] == [1, 1]  # 3 steps, one trace each
     same_mesh = [{k: r[k] for k in metrics[0]} for r in _records(lm_run["workdir"], "train")]
     _assert_metrics_close(metrics, same_mesh[:3])
     _assert_metrics_close(metrics, lm_run["one_device"][:3])
 
 
 def test_train_and_eval_steps_trace_once(lm_run):
-    """6 train steps and 3 evaluations of 9 batches (the last one padded): one trace each."""
-    (train_fn, eval_fn), = lm_run["compiled"]
-    assert train_fn._cache_size() == 1
-    assert eval_fn._cache_size() == 1
+    """The trainer's jitted train step (6 steps) and eval step (3 evaluations of 9 batches,
+    the last one padded), and the sub-mesh run's teacher and student programs (3 steps):
+    one trace each."""
+    assert len(lm_run["compiled"]) == 1  # compile_steps once per run
+    assert lm_run["traces"] == [1, 1, 1, 1]
     assert len(_records(lm_run["workdir"], "eval")) == 3
 
 
@@ -654,7 +661,7 @@ def test_summary_of_an_lm_run(lm_run):
         params, matmuls, attention = _decoder_size(*size)
         assert s[f"{role}_params"] == params, role
         flops = s[f"{role}_flops_per_token"]
-        assert matmuls <= flops <= 1.5 * (matmuls + attention), (role, flops)
+        assert matmuls + attention <= flops <= 1.1 * (matmuls + attention), (role, flops)
     assert not {"examples_per_second", "student_flops_per_example"} & set(s)
 
 
@@ -671,6 +678,12 @@ def _np_rope(x, positions, theta=10_000.0):
                            x2 * np.cos(angle) + x1 * np.sin(angle)], axis=-1)
 
 
+def _mm(x, w):
+    """x [..., d] times w [d, ...] as one 2-D matmul (NumPy's stacked matmul is far slower)."""
+    out = x.reshape(-1, x.shape[-1]) @ w.reshape(w.shape[0], -1)
+    return out.reshape(*x.shape[:-1], *w.shape[1:])
+
+
 def np_decoder(p, tokens, segment_ids, positions, heads, kv_heads=2):
     """float64 NumPy forward of the tied-embedding Llama-style decoder (packing mask, GQA):
     logits and the features block<i> and attn<i>."""
@@ -682,19 +695,18 @@ def np_decoder(p, tokens, segment_ids, positions, heads, kv_heads=2):
     for i in sorted(p["blocks"]):
         blk, a = p["blocks"][i], p["blocks"][i]["attn"]
         h = _np_rms(x, blk["attn_norm"]["scale"])
-        q = _np_rope(np.einsum("bld,dnh->blnh", h, a["q"]), positions)
-        k = _np_rope(np.einsum("bld,dnh->blnh", h, a["k"]), positions)
-        v = np.einsum("bld,dnh->blnh", h, a["v"])
-        k, v = (np.repeat(z, heads // kv_heads, axis=2) for z in (k, v))
+        q, k = (_np_rope(_mm(h, a[w]), positions) for w in ("q", "k"))
+        k, v = (np.repeat(z, heads // kv_heads, axis=2) for z in (k, _mm(h, a["v"])))
         scores = np.einsum("bqnh,bknh->bnqk", q, k) / np.sqrt(q.shape[-1])
         probs = _softmax(np.where(allowed[:, None], scores, -np.inf))
-        x = x + np.einsum("bqnh,nhd->bqd", np.einsum("bnqk,bknh->bqnh", probs, v), a["o"])
+        context = np.einsum("bnqk,bknh->bqnh", probs, v)
+        x = x + _mm(context.reshape(*context.shape[:2], -1), a["o"].reshape(-1, x.shape[-1]))
         h = _np_rms(x, blk["mlp_norm"]["scale"])
         m = blk["mlp"]
-        gate = h @ m["gate"]
-        x = x + (gate / (1 + np.exp(-gate)) * (h @ m["up"])) @ m["down"]
+        gate = _mm(h, m["gate"])
+        x = x + _mm(gate / (1 + np.exp(-gate)) * _mm(h, m["up"]), m["down"])
         features[f"block{int(i) + 1}"], features[f"attn{int(i) + 1}"] = x, probs
-    return _np_rms(x, p["norm"]["scale"]) @ p["embedding"].T, features
+    return _mm(_np_rms(x, p["norm"]["scale"]), p["embedding"].T), features
 
 
 def _pure(variables):
@@ -779,7 +791,7 @@ def test_hint_and_attention_transfer_on_the_lm(lm_run, lm_init, teacher_dir):
     _, s = np_decoder(_pure({"params": init.params["student"]}), *args, heads=4)
     _, t = np_decoder(_pure(lm_init["teacher96"]), *args, heads=6)
     assert s["attn1"].shape == (B, 4, L, L) and t["attn1"].shape == (B, 6, L, L)
-    hint = np.mean((s["block1"] @ kernel + bias - t["block1"]) ** 2, axis=-1)
+    hint = np.mean((_mm(s["block1"], kernel) + bias - t["block1"]) ** 2, axis=-1)
     at = np_attention_distribution(s["attn1"], t["attn1"])
     w = batch["weights"]
     first = _records(lm_run["workdir"], "train")[0]
@@ -794,10 +806,11 @@ def test_hint_and_attention_transfer_on_the_lm(lm_run, lm_init, teacher_dir):
 # --------------------------------------------------------------------------- 7. bad input
 
 class _Compiles:
-    """Counts XLA backend compilations while active."""
+    """Counts XLA backend compilations while active (from empty caches)."""
 
     def __enter__(self):
         self.count = 0
+        jax.clear_caches()  # what an earlier test compiled would compile again here
         jax.monitoring.register_event_duration_secs_listener(self._listen)
         return self
 
