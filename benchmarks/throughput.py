@@ -8,13 +8,27 @@ batches are synthetic and placed with the run's batch sharding.
 
 Modes (`--modes`):
   student          the student's supervised train step (objective: ce only, no teacher)
-  teacher_forward  the frozen teacher's forward pass alone (eval mode), jitted
+  teacher_forward  the frozen teacher's forward pass alone (eval mode), jitted: its logits, or
+                   in a chunked LM step its hidden states and then its head chunk by chunk
   kd_online        the jaxdistill train step with ce + kd, teacher inside the step
   feature          the train step with ce + kd + the pair's feature term (at or hint)
   kd_offline       the train step with ce + kd, the teacher's outputs read from the batch as an
                    offline teacher store feeds them (`--store_top_k` logits per example; no
                    augmentation, which a store excludes). Reading the records is the host's
                    work beside the step (the data layer's prefetch) and is not timed here.
+
+LM pairs (`lm`: lm_base -> lm_20m at V = 32,768, L = 1,024, batch 8, for an accelerator;
+`lm_quick`: lm_student -> lm_tiny at the same V and L, batch 2, for a CPU; `--pairs=lm --quick`
+measures lm_quick) have the modes student, teacher_forward and kd_online, each in both loss
+forms (`--loss_impls`): `chunked` (config.lm.chunk_size = `--chunk_size`, default 64: every
+logit term chunk by chunk through each model's head under `jax.checkpoint`,
+`jaxdistill.losses.chunked`) and `naive` (chunk_size 0: [B, L, V] logits). Each form is its own
+group (own peak matmul); its records carry `loss_impl`, `tokens_per_second`,
+`flops_per_token`, and the chunked records `memory_peak_ratio_vs_naive` (their
+`memory_peak_bytes` over the naive record's of the same mode). `--vocab_size`, `--seq_len` and
+`--chunk_size` change an LM pair's shapes (0: the pair's). Train-step records carry
+`first_step_loss` and `first_step_metrics` (the first call's, from the same initial state,
+teacher and batch in both forms, so the forms' first losses agree).
 
 Timing: `--warmup` steps, then `--repeats` chunks of `--steps` steps each; one
 `jax.block_until_ready` per chunk (no host sync inside it); per-step time = chunk / steps;
@@ -33,12 +47,16 @@ split over the same mesh's d data shards, timed in turn with each group;
 chunk timed next to it) and `kd_ideal_ratio` (1 + teacher forward FLOPs / student step FLOPs;
 1 for kd_offline, whose teacher ran when the store was written).
 
-Memory: `memory_peak_bytes` is XLA's compiled estimate (`memory_analysis()`);
+Memory: `memory_peak_bytes` is XLA's compiled estimate (`memory_analysis()`): its
+`peak_memory_in_bytes` (kept as `memory_peak_reported_bytes`) where that counts the program's
+temporaries (GPU), else arguments + outputs - aliased + temporaries (the CPU backend of jax 0.10
+reports arguments + outputs alone as the peak; records written before this rule carry that);
 `device_peak_bytes_in_use` is the device allocator's peak so far in the process
 (`Device.memory_stats()`, None where the backend has none, e.g. CPU).
 
 Usage (from the repository root):
   python -m benchmarks.throughput --quick                       # mlp pair, batch 256, ~1 min on CPU
+  python -m benchmarks.throughput --pairs=lm --quick --out=DIR  # lm_quick, both forms, CPU
   python -m benchmarks.throughput --pairs=resnet,vit --batch_sizes=256,1024 \
       --dtype=bfloat16 --out=/tmp/bench                          # writes /tmp/bench/throughput.json
 """
@@ -62,8 +80,9 @@ from jax.sharding import PartitionSpec as P
 
 from jaxdistill import parallel
 from jaxdistill.flops import choose_flops, jaxpr_dot_conv_flops, xla_flops
+from jaxdistill.losses.chunked import HIDDEN, LogitChunks, weighted_sums
 from jaxdistill.run_setup import DTYPES, RunSetup, model_factory, prepare_run
-from jaxdistill.step import teacher_outputs
+from jaxdistill.step import output_head, teacher_outputs
 from jaxdistill.store import StoreLayout, topk_entries
 from jaxdistill.train import compile_steps
 
@@ -83,13 +102,24 @@ def define_flags() -> None:
     module next to another benchmark defines nothing twice)."""
     flags.DEFINE_list("pairs", list(pairs_lib.PAIRS), f"pairs to measure: {list(pairs_lib.PAIRS)}")
     flags.DEFINE_list("modes", list(MODES), f"modes to measure: {list(MODES)}")
-    flags.DEFINE_list("batch_sizes", ["128", "256"], "global batch sizes")
+    flags.DEFINE_list("batch_sizes", [], "global batch sizes: N (every pair) or PAIR:N (that "
+                      "pair only, in place of the plain entries); none = each pair's own "
+                      "(mlp, resnet, vit: 128,256; lm: 8; --quick: mlp 256, lm_quick 2)")
+    flags.DEFINE_list("loss_impls", list(pairs_lib.LOSS_IMPLS),
+                      "LM pairs: the loss forms measured (chunked: config.lm.chunk_size = "
+                      "--chunk_size; naive: 0)")
+    flags.DEFINE_integer("vocab_size", 0, "LM pairs: vocabulary (0 = the pair's, 32768)")
+    flags.DEFINE_integer("seq_len", 0, "LM pairs: sequence length (0 = the pair's, 1024)")
+    flags.DEFINE_integer("chunk_size", 0, "LM pairs: positions per chunk of the chunked form "
+                         "(0 = the pair's, 64; at most the length; must divide it)")
     flags.DEFINE_enum("dtype", "float32", list(DTYPES),
                       "compute dtype of student and teacher (bfloat16: student compute and the "
                       "teacher's params and compute in bf16; student params stay float32)")
-    flags.DEFINE_integer("warmup", 3, "untimed steps after compilation")
-    flags.DEFINE_integer("steps", 10, "steps per timed chunk (one host sync per chunk)")
-    flags.DEFINE_integer("repeats", 7, "timed chunks; median and p10/p90 are taken over them")
+    flags.DEFINE_integer("warmup", TIMING["warmup"], "untimed steps after compilation")
+    flags.DEFINE_integer("steps", TIMING["steps"], "steps per timed chunk (one host sync per "
+                         "chunk)")
+    flags.DEFINE_integer("repeats", TIMING["repeats"], "timed chunks; median and p10/p90 are "
+                         "taken over them")
     flags.DEFINE_integer("peak_size", 0, "N of the NxN peak-FLOP/s matmul (per data shard); "
                          "0 = 2048 on CPU, 8192 on accelerators")
     flags.DEFINE_integer("seed", 0, "seed of the random parameters and synthetic batches")
@@ -98,12 +128,17 @@ def define_flags() -> None:
     flags.DEFINE_string("out", "", "if set, writes <out>/throughput.json (rewritten after each "
                         "pair and batch size, so an interrupted run keeps what it measured)")
     flags.DEFINE_string("table_from", "", "print the table of an existing throughput.json and exit")
+    flags.DEFINE_bool("memory_only", False, "compile every program and record its memory and "
+                      "FLOPs, timing nothing (e.g. accelerator-size programs on a CPU)")
     flags.DEFINE_bool("quick", False, "the mlp pair at batch 256, all modes (about a minute on CPU); "
-                      "flags given explicitly still apply")
+                      "with --pairs=lm, lm_quick at batch 2 in few steps; flags given "
+                      "explicitly still apply")
 
 
 PEAK = "peak_matmul"  # the peak-FLOP/s program's name among a group's programs
-QUICK = {"pairs": ["mlp"], "batch_sizes": ["256"], "warmup": 2, "steps": 10, "repeats": 5}
+QUICK = {"pairs": ["mlp"]}  # --quick also takes each pair's quick form, batch sizes and timing
+TIMING = {"warmup": 3, "steps": 10, "repeats": 7}        # the flags' defaults
+QUICK_TIMING = {"warmup": 2, "steps": 10, "repeats": 5}  # --quick's, unless the pair has its own
 
 
 # ----------------------------------------------------------------------------- programs
@@ -124,6 +159,7 @@ class Program:
     devices: int = 1                # devices the program runs on (cost analysis is per device)
     counted_flops: float = 0.0      # matmul + conv FLOPs of the whole program (all devices)
     steps: int = 0                  # calls per timed chunk; 0 = the run's --steps
+    first_out: Any = None           # a train step's metrics from its first call
 
 
 def _compile(jitted, *args) -> tuple[jax.stages.Compiled, float, float]:
@@ -139,8 +175,12 @@ class PairBench:
     """The runs of one pair at one batch size and dtype; setups and teacher shared by modes."""
 
     def __init__(self, pair: pairs_lib.Pair, batch_size: int, dtype: str, seed: int,
-                 teacher_cache: dict, store_top_k: int = 0):
+                 teacher_cache: dict, store_top_k: int = 0, loss_impl: str | None = None):
+        if loss_impl not in pair.loss_impls:
+            raise ValueError(f"pair '{pair.name}': loss_impl {loss_impl!r} is not one of "
+                             f"{pair.loss_impls}")
         self.pair, self.batch_size, self.dtype, self.seed = pair, batch_size, dtype, seed
+        self.loss_impl = loss_impl
         if not 0 <= store_top_k <= pair.num_classes:
             raise ValueError(f"--store_top_k={store_top_k}: must be in [0, {pair.num_classes}] "
                              f"for pair '{pair.name}' (0 = all classes)")
@@ -153,7 +193,7 @@ class PairBench:
         """`prepare_run` of the pair's config for `config_mode`, on a synthetic dataset."""
         if config_mode not in self._setups:
             config = pairs_lib.run_config(self.pair, config_mode, batch_size=self.batch_size,
-                                          dtype=self.dtype)
+                                          dtype=self.dtype, loss_impl=self.loss_impl)
             self._setups[config_mode] = prepare_run(
                 config, teacher_checkpoint_required=False, info=pairs_lib.dataset_info(self.pair),
                 store=self.store if config_mode == "kd_offline" else None)
@@ -161,12 +201,13 @@ class PairBench:
 
     def teacher(self, setup: RunSetup):
         """Random teacher variables, initialised by the model factory into their shardings."""
-        key = (self.pair.name, self.dtype, tuple(setup.mesh.devices.flat))
+        key = (self.pair.name, self.pair.num_classes, self.pair.seq_len, self.dtype,
+               tuple(setup.mesh.devices.flat))  # the same for both loss forms
         if key not in self._teacher_cache:
             cfg = setup.config
             t_dtype = DTYPES[cfg.teacher.dtype]
             make = model_factory(cfg.teacher, "config.teacher", setup.info.num_classes,
-                                 setup.info.image_shape, t_dtype)
+                                 setup.task.model_io(setup.info)[1], t_dtype, setup.task)
 
             def init(rng):
                 _, params, stats = nnx.split(make(nnx.Rngs(params=rng)), nnx.Param,
@@ -180,13 +221,24 @@ class PairBench:
         return self._teacher_cache[key]
 
     def batch(self, setup: RunSetup) -> dict:
-        """A synthetic batch (images in [0, 1], labels, indices) in the run's batch sharding."""
+        """A synthetic batch in the run's batch sharding: images in [0, 1], labels and indices;
+        or random token windows (one document each, every position weighted), the targets the
+        inputs shifted by one."""
         if self._batch is None:
             rng = np.random.default_rng(self.seed)
             b, info = self.batch_size, setup.info
-            host = {"image": rng.random((b, *info.image_shape), dtype=np.float32),
-                    "label": rng.integers(0, info.num_classes, b).astype(np.int32),
-                    "index": np.arange(b, dtype=np.int32)}
+            if info.kind == "tokens":
+                length = info.seq_len
+                tokens = rng.integers(0, info.num_classes, (b, length + 1)).astype(np.int32)
+                host = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+                        "segment_ids": np.ones((b, length), np.int32),
+                        "positions": np.broadcast_to(np.arange(length, dtype=np.int32),
+                                                     (b, length)).copy(),
+                        "weights": np.ones((b, length), np.float32)}
+            else:
+                host = {"image": rng.random((b, *info.image_shape), dtype=np.float32),
+                        "label": rng.integers(0, info.num_classes, b).astype(np.int32)}
+            host["index"] = np.arange(b, dtype=np.int32)
             self._batch = jax.device_put(host, setup.batch_sharding)
         return self._batch
 
@@ -208,15 +260,48 @@ def student(bench: PairBench) -> Program:
     return _train_program(bench, "student")
 
 
+def teacher_forward_fn(setup: RunSetup) -> tuple[Callable, Any]:
+    """(fn(teacher, x), its out_shardings): the teacher's eval-mode forward as the KD step
+    runs it. `x` is the batch images, or an LM batch's token fields: then fn returns the
+    [B, L, V] logits, or in a chunked step the final hidden states go through the teacher's
+    head chunk by chunk (`jaxdistill.losses.chunked.weighted_sums`), each chunk's logits
+    reduced to their weighted log-sum-exps (so the head is not optimised away): [1]."""
+    ctx, task = setup.ctx, setup.task
+    if setup.info.kind != "tokens":
+        return (lambda t, x: teacher_outputs(ctx, t, x)[0]), setup.batch_sharding
+
+    def fn(t, b):
+        inputs = task.inputs(b, None, train=False)
+        chunked = ctx.chunk_size > 0
+        logits, features = teacher_outputs(ctx, t, inputs.x,
+                                           **ctx.call_kwargs(inputs, chunked=chunked))
+        if not chunked:
+            return logits
+        head = output_head(ctx.teacher_def, t["params"], t["batch_stats"])
+        chunks = LogitChunks(features[HIDDEN], head, None, None, None, task.targets(b),
+                             task.weights(b), ctx.chunk_size)
+        return weighted_sums([lambda v: jax.nn.logsumexp(v.student_logits, axis=-1)], chunks)
+    return fn, (parallel.replicated(setup.mesh) if ctx.chunk_size else setup.batch_sharding)
+
+
+def teacher_inputs(setup: RunSetup, batch: dict):
+    """What `teacher_forward_fn`'s fn takes besides the teacher: the images, or the token
+    fields of an LM batch."""
+    if setup.info.kind != "tokens":
+        return batch["image"]
+    return {k: v for k, v in batch.items() if k != "index"}
+
+
 def teacher_forward(bench: PairBench) -> Program:
-    """The teacher's eval-mode forward (logits) on the batch images, as the KD step runs it."""
+    """The teacher's eval-mode forward on the batch, as the KD step runs it (see
+    `teacher_forward_fn`)."""
     setup = bench.setup("kd_online")
-    teacher, images = bench.teacher(setup), bench.batch(setup)["image"]
+    teacher, x = bench.teacher(setup), teacher_inputs(setup, bench.batch(setup))
     t_sh = jax.tree.map(lambda x: x.sharding, setup.teacher_abstract)
-    fn = jax.jit(lambda t, x: teacher_outputs(setup.ctx, t, x)[0],
-                 in_shardings=(t_sh, setup.batch_sharding), out_shardings=setup.batch_sharding)
-    compiled, seconds, flops = _compile(fn, teacher, images)
-    return Program(compiled, seconds, lambda c: (c, compiled(teacher, images)),
+    body, out_sh = teacher_forward_fn(setup)
+    fn = jax.jit(body, in_shardings=(t_sh, setup.batch_sharding), out_shardings=out_sh)
+    compiled, seconds, flops = _compile(fn, teacher, x)
+    return Program(compiled, seconds, lambda c: (c, compiled(teacher, x)),
                    devices=setup.mesh.devices.size, counted_flops=flops)
 
 
@@ -253,15 +338,21 @@ BUILDERS: dict[str, Callable[[PairBench], Program]] = {
 def time_program(program: Program, *, warmup: int, steps: int, repeats: int) -> np.ndarray:
     """Seconds per step of each of `repeats` chunks of `steps` calls (after `warmup` calls)."""
     carry, out = program.carry, None
-    for _ in range(warmup):
+
+    def call(carry):
         carry, out = program.step(carry)
+        if program.first_out is None and isinstance(out, dict):  # a train step's metrics
+            program.first_out = out
+        return carry, out
+    for _ in range(warmup):
+        carry, out = call(carry)
     jax.block_until_ready((carry, out))
     times = []
     for _ in range(repeats):
         outs = []
         start = time.perf_counter()
         for _ in range(steps):
-            carry, out = program.step(carry)
+            carry, out = call(carry)
             outs.append(out)
         jax.block_until_ready((carry, outs))
         times.append((time.perf_counter() - start) / steps)
@@ -278,11 +369,15 @@ def _memory(compiled) -> dict:
         return {"memory_peak_bytes": None}
     fields = ("argument", "output", "alias", "temp", "generated_code")
     out = {f"memory_{f}_bytes": int(getattr(m, f"{f}_size_in_bytes", 0)) for f in fields}
-    peak = getattr(m, "peak_memory_in_bytes", None)
-    if not peak:  # older jaxlibs: what the program holds at once, at most
-        peak = (out["memory_argument_bytes"] + out["memory_output_bytes"]
-                - out["memory_alias_bytes"] + out["memory_temp_bytes"])
-    out["memory_peak_bytes"] = int(peak)
+    # what the program holds while it runs: its arguments, its outputs (less those that alias
+    # a donated argument) and its temporaries, which XLA allocates as one block
+    io = out["memory_argument_bytes"] + out["memory_output_bytes"] - out["memory_alias_bytes"]
+    reported = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
+    out["memory_peak_reported_bytes"] = reported
+    # GPU's peak counts the temporaries (it is within 0.3% of the sum on the H200); jax 0.10's
+    # CPU backend reports the arguments and outputs alone: then the sum stands in
+    temp = out["memory_temp_bytes"]
+    out["memory_peak_bytes"] = reported if reported - io >= temp / 2 else io + temp
     return out
 
 
@@ -343,39 +438,54 @@ def time_interleaved(programs: dict[str, Program], *, warmup: int, steps: int,
     return {name: np.asarray(t) for name, t in times.items()}
 
 
-def record(bench: PairBench, mode: str, program: Program, times: np.ndarray, *, steps: int,
-           peak: dict) -> dict:
-    """One record: timing, FLOPs, memory of `program`, timed as `times` (s/step per chunk)."""
+def record(bench: PairBench, mode: str, program: Program, times: np.ndarray | None, *,
+           steps: int, peak: dict | None) -> dict:
+    """One record: timing, FLOPs, memory of `program`, timed as `times` (s/step per chunk;
+    None with `--memory_only`: then the timing fields are None)."""
     devices = program.devices
-    median = float(np.median(times))
-    return {
+    timed = times is not None
+    median = float(np.median(times)) if timed else None
+    rec = {
         "pair": bench.pair.name, "mode": mode, "batch_size": bench.batch_size,
         "dtype": bench.dtype, "teacher": bench.pair.teacher, "student": bench.pair.student,
         "devices": devices, "device_kind": jax.devices()[0].device_kind,
-        "examples_per_second": bench.batch_size / median,
+        "examples_per_second": bench.batch_size / median if timed else None,
         "step_time_s": median,
-        "step_time_p10_s": float(np.percentile(times, 10)),
-        "step_time_p90_s": float(np.percentile(times, 90)),
-        "step_time_min_s": float(np.min(times)),
-        "timed_steps": steps * len(times), "compile_s": program.compile_s,
+        "step_time_p10_s": float(np.percentile(times, 10)) if timed else None,
+        "step_time_p90_s": float(np.percentile(times, 90)) if timed else None,
+        "step_time_min_s": float(np.min(times)) if timed else None,
+        "timed_steps": steps * len(times) if timed else 0, "compile_s": program.compile_s,
         "flops_per_step_compiled_per_device": xla_flops(program.compiled),
         **flops_fields(xla_flops(program.compiled) * devices, program.counted_flops, median,
-                       peak["peak_flops_per_second"]),
-        **peak,
+                       peak["peak_flops_per_second"] if peak else None),
+        **(peak or {"peak_flops_per_second": None}),
         **_memory(program.compiled),
         "device_peak_bytes_in_use": device_peak_bytes(),
     }
+    if bench.pair.tokens:
+        tokens = bench.batch_size * bench.pair.seq_len
+        rec.update(unit="tokens", loss_impl=bench.loss_impl, vocab_size=bench.pair.num_classes,
+                   seq_len=bench.pair.seq_len,
+                   chunk_size=bench.pair.chunk_size if bench.loss_impl == "chunked" else 0,
+                   tokens_per_step=tokens, tokens_per_second=tokens / median if timed else None,
+                   flops_per_token=rec["flops_per_step"] / tokens)
+    if program.first_out is not None:
+        metrics = {k: float(v) for k, v in jax.device_get(program.first_out).items()}
+        rec.update(first_step_loss=metrics["loss"], first_step_metrics=metrics)
+    return rec
 
 
-def flops_fields(xla: float, counted: float, step_time_s: float, peak_flops_per_second: float
-                 ) -> dict:
+def flops_fields(xla: float, counted: float, step_time_s: float | None,
+                 peak_flops_per_second: float | None) -> dict:
     """A record's FLOP fields from XLA's count of the whole step and its matmul + conv count
-    (`jaxdistill.flops.choose_flops`), its median step time and the group's peak."""
+    (`jaxdistill.flops.choose_flops`), its median step time and the group's peak (None, not
+    timed: no achieved rate)."""
     flops, source = choose_flops(xla, counted)
-    achieved = flops / step_time_s
+    achieved = flops / step_time_s if step_time_s else None
     return {"flops_per_step": flops, "flops_source": source, "flops_per_step_dot_conv": counted,
             "achieved_flops_per_second": achieved,
-            "fraction_of_peak": achieved / peak_flops_per_second}
+            "fraction_of_peak": (achieved / peak_flops_per_second
+                                 if achieved is not None and peak_flops_per_second else None)}
 
 
 def kd_ideal_ratio(mode: str, student: dict, teacher_forward: dict | None) -> float:
@@ -385,73 +495,177 @@ def kd_ideal_ratio(mode: str, student: dict, teacher_forward: dict | None) -> fl
     return 1.0 + teacher / student["flops_per_step"]
 
 
-def run(pair_names, modes, batch_sizes, *, dtype="float32", warmup=3, steps=10, repeats=7,
-        peak_size=0, seed=0, store_top_k=0, log=print, on_progress=None
-        ) -> tuple[list[dict], list[str]]:
-    """Measures every (pair, batch size, mode); returns (records, footer notes).
+def batch_plan(pairs: list[pairs_lib.Pair], entries, defaults: dict[str, tuple[int, ...]],
+               aliases: dict[str, str] | None = None) -> dict[str, list[int]]:
+    """{pair name: batch sizes} from `entries` (ints or strings 'N' for every pair, 'PAIR:N'
+    for that pair only, in place of the plain ones; PAIR may be a name `aliases` maps to a
+    measured pair's, e.g. lm for lm_quick; entries of known pairs not measured are ignored);
+    a pair without entries gets `defaults`."""
+    aliases = aliases or {}
+    plain, own = [], {}
+    for entry in entries:
+        name, _, size = str(entry).rpartition(":")
+        try:
+            size = int(size)
+        except ValueError:
+            raise ValueError(f"--batch_sizes: '{entry}' is not N or PAIR:N") from None
+        if size <= 0:
+            raise ValueError(f"--batch_sizes must be positive, got {list(entries)}")
+        if name and name not in pairs_lib.PAIRS:
+            raise ValueError(f"--batch_sizes: '{entry}' names an unknown pair '{name}'; "
+                             f"choose from {list(pairs_lib.PAIRS)}")
+        (own.setdefault(aliases.get(name, name), []) if name else plain).append(size)
+    plan = {}
+    for pair in pairs:
+        sizes = own.get(pair.name) or plain or list(defaults[pair.name])
+        plan[pair.name] = list(dict.fromkeys(sizes))
+    return plan
 
-    `on_progress(records)` is called with the records so far after each (pair, batch size).
-    """
+
+def resolve_pairs(pair_names, *, quick: bool = False, vocab_size: int = 0, seq_len: int = 0,
+                  chunk_size: int = 0) -> tuple[list[pairs_lib.Pair], dict, dict]:
+    """(the pairs measured, {pair name: default batch sizes}, {name asked for: name
+    measured}): `pair_names` checked, each replaced by its quick form with `quick`, LM pairs
+    reshaped by the overrides."""
     for name in pair_names:
         if name not in pairs_lib.PAIRS:
             raise ValueError(f"--pairs: unknown pair '{name}'; choose from {list(pairs_lib.PAIRS)}")
+    pairs, defaults, aliases = [], {}, {}
+    for name in dict.fromkeys(pair_names):
+        pair, sizes = (pairs_lib.quick_pair(name) if quick
+                       else (pairs_lib.PAIRS[name], pairs_lib.PAIRS[name].batch_sizes))
+        pair = pairs_lib.with_shape(pair, vocab_size=vocab_size, seq_len=seq_len,
+                                    chunk_size=chunk_size)
+        aliases[name] = pair.name
+        if pair.name not in defaults:
+            pairs.append(pair)
+            defaults[pair.name] = sizes
+    if (vocab_size or seq_len or chunk_size) and not any(p.tokens for p in pairs):
+        raise ValueError("--vocab_size / --seq_len / --chunk_size shape LM pairs; none of "
+                         f"{[p.name for p in pairs]} is one")
+    for flag, value in (("vocab_size", vocab_size), ("seq_len", seq_len),
+                        ("chunk_size", chunk_size)):
+        if value < 0:
+            raise ValueError(f"--{flag} must be >= 0, got {value}")
+    return pairs, defaults, aliases
+
+
+def run(pair_names, modes, batch_sizes=(), *, dtype="float32", warmup=None, steps=None,
+        repeats=None, peak_size=0, seed=0, store_top_k=0, loss_impls=pairs_lib.LOSS_IMPLS,
+        vocab_size=0, seq_len=0, chunk_size=0, quick=False, memory_only=False, log=print,
+        on_progress=None) -> tuple[list[dict], list[str]]:
+    """Measures every (pair, batch size, loss form, mode); returns (records, footer notes).
+
+    `batch_sizes`: see `batch_plan` (empty: each pair's own). `warmup`, `steps`, `repeats`:
+    None takes `TIMING`, or with `quick` the pair's `quick_timing` over `QUICK_TIMING`.
+    `loss_impls`: the LM pairs' loss forms. `memory_only`: compile, record memory and FLOPs,
+    time nothing. `on_progress(records)` is called with the records so far after each (pair,
+    batch size, loss form).
+    """
+    pairs, default_sizes, aliases = resolve_pairs(
+        pair_names, quick=quick, vocab_size=vocab_size, seq_len=seq_len, chunk_size=chunk_size)
     for mode in modes:
         if mode not in BUILDERS:
             raise ValueError(f"--modes: unknown mode '{mode}'; choose from {list(BUILDERS)}")
-    if not batch_sizes or any(b <= 0 for b in batch_sizes):
-        raise ValueError(f"--batch_sizes must be positive, got {batch_sizes}")
+    plan = batch_plan(pairs, batch_sizes or (), default_sizes, aliases)
+    impls = list(dict.fromkeys(loss_impls))
+    if any(p.tokens for p in pairs) and (not impls or set(impls) - set(pairs_lib.LOSS_IMPLS)):
+        raise ValueError(f"--loss_impls: {impls}; choose from {list(pairs_lib.LOSS_IMPLS)}")
     notes = []
     wanted = list(dict.fromkeys(modes))
     # the KD modes' ratios need the student's time, kd_online's ideal the teacher's FLOPs
     needed = (set(wanted) | ({"student"} if set(KD_MODES) & set(wanted) else set())
               | ({"teacher_forward"} if "kd_online" in wanted else set()))
-    order = [m for m in MODES if m in needed]
     mesh = parallel.make_mesh((-1, 1), ("data", "model"))
     if not peak_size:
         peak_size = 2048 if jax.default_backend() == "cpu" else 8192
-    matmul = peak_program(mesh, dtype, peak_size)
+    matmul = None if memory_only else peak_program(mesh, dtype, peak_size)
     records, teacher_cache = [], {}
-    for name in pair_names:
-        for batch_size in batch_sizes:
-            bench = PairBench(pairs_lib.PAIRS[name], batch_size, dtype, seed, teacher_cache,
-                              store_top_k)
-            programs = {}
-            for mode in order:
-                try:
-                    programs[mode] = BUILDERS[mode](bench)
-                except ValueError as e:  # a config this package cannot run (yet): say why
-                    notes.append(f"{name}/{mode}/{batch_size}: skipped: {e}")
-                    log(f"skipped {name} {mode} batch {batch_size}: {e}")
-                    continue
-                log(f"{name} {mode} batch {batch_size}: compiled in "
-                    f"{programs[mode].compile_s:.2f} s")
-            # the peak matmul takes its turns with the steps: same machine load, same minutes
-            times = time_interleaved({**programs, PEAK: matmul}, warmup=warmup, steps=steps,
-                                     repeats=repeats)
-            peak = peak_summary(matmul, times[PEAK], dtype=dtype, size=peak_size)
-            log(peak_line(peak))
-            by_mode = {m: record(bench, m, programs[m], times[m], steps=steps,
-                                 peak=peak) for m in programs}
-            del programs
-            for mode, rec in by_mode.items():
-                log(f"{name} {mode} batch {batch_size}: {rec['step_time_s'] * 1e3:.2f} ms/step")
-            if "kd_offline" in by_mode:
-                by_mode["kd_offline"]["store_top_k"] = bench.store.top_k
-            st, tf = by_mode.get("student"), by_mode.get("teacher_forward")
-            for mode in KD_MODES:
-                kd = by_mode.get(mode)
-                if not (kd and st and (tf or mode == "kd_offline")):
-                    continue
-                # chunk by chunk (timed side by side), then the median: robust to load drift
-                paired = times[mode] / times["student"]
-                kd["kd_time_ratio"] = float(np.median(paired))
-                kd["kd_time_ratio_p10"] = float(np.percentile(paired, 10))
-                kd["kd_time_ratio_p90"] = float(np.percentile(paired, 90))
-                kd["kd_ideal_ratio"] = kd_ideal_ratio(mode, st, tf)
-            records += [by_mode[m] for m in order if m in by_mode and m in wanted]
-            if on_progress is not None:
-                on_progress(records)
+    for pair in pairs:
+        name = pair.name
+        missing = [m for m in wanted if m not in pair.modes]
+        if missing:
+            notes.append(f"{name}: {', '.join(missing)} not measured (this pair's modes: "
+                         f"{', '.join(pair.modes)})")
+        order = [m for m in MODES if m in needed and m in pair.modes]
+        given = {"warmup": warmup, "steps": steps, "repeats": repeats}
+        timing = {**(QUICK_TIMING if quick else TIMING),
+                  **(dict(pair.quick_timing) if quick else {}),
+                  **{k: v for k, v in given.items() if v is not None}}
+        for batch_size in plan[name]:
+            by_impl = {}
+            for impl in (impls if pair.tokens else [None]):
+                bench = PairBench(pair, batch_size, dtype, seed, teacher_cache, store_top_k,
+                                  loss_impl=impl)
+                group = name + (f" {impl}" if impl else "")
+                by_mode = measure_group(bench, group, order, matmul, peak_size, **timing,
+                                        notes=notes, log=log)
+                by_impl[impl] = by_mode
+                if impl == "naive" and "chunked" in by_impl:
+                    memory_ratios(by_impl["chunked"], by_mode)
+                records += [by_mode[m] for m in order if m in by_mode and m in wanted]
+                if on_progress is not None:
+                    on_progress(records)
     return records, notes
+
+
+def measure_group(bench: PairBench, group: str, order: list[str], matmul: Program | None,
+                  peak_size: int, *, warmup: int, steps: int, repeats: int, notes: list[str],
+                  log) -> dict[str, dict]:
+    """Compiles the modes `order` of one (pair, batch size, loss form), times them with the
+    peak matmul taking turns (`matmul` None: times nothing), and returns {mode: record}."""
+    name, batch_size, dtype = bench.pair.name, bench.batch_size, bench.dtype
+    programs = {}
+    for mode in order:
+        try:
+            programs[mode] = BUILDERS[mode](bench)
+        except ValueError as e:  # a config this package cannot run (yet): say why
+            impl = f"/{bench.loss_impl}" if bench.loss_impl else ""
+            notes.append(f"{name}/{mode}{impl}/{batch_size}: skipped: {e}")
+            log(f"skipped {group} {mode} batch {batch_size}: {e}")
+            continue
+        log(f"{group} {mode} batch {batch_size}: compiled in {programs[mode].compile_s:.2f} s")
+    times, peak = {}, None
+    if matmul is not None:  # the peak matmul takes its turns with the steps: same load
+        times = time_interleaved({**programs, PEAK: matmul}, warmup=warmup, steps=steps,
+                                 repeats=repeats)
+        peak = peak_summary(matmul, times[PEAK], dtype=dtype, size=peak_size)
+        log(peak_line(peak))
+    by_mode = {m: record(bench, m, programs[m], times.get(m), steps=steps, peak=peak)
+               for m in programs}
+    del programs
+    for mode, rec in by_mode.items():
+        line = f"{group} {mode} batch {batch_size}: "
+        if rec["step_time_s"] is not None:
+            line += f"{rec['step_time_s'] * 1e3:.2f} ms/step, "
+        if rec["memory_peak_bytes"] is not None:
+            line += f"XLA peak {rec['memory_peak_bytes'] / 2**20:.1f} MiB"
+        log(line.rstrip(", "))
+    if "kd_offline" in by_mode:
+        by_mode["kd_offline"]["store_top_k"] = bench.store.top_k
+    st, tf = by_mode.get("student"), by_mode.get("teacher_forward")
+    for mode in KD_MODES:
+        kd = by_mode.get(mode)
+        if not (kd and st and (tf or mode == "kd_offline")) or not times:
+            continue
+        # chunk by chunk (timed side by side), then the median: robust to load drift
+        paired = times[mode] / times["student"]
+        kd["kd_time_ratio"] = float(np.median(paired))
+        kd["kd_time_ratio_p10"] = float(np.percentile(paired, 10))
+        kd["kd_time_ratio_p90"] = float(np.percentile(paired, 90))
+        kd["kd_ideal_ratio"] = kd_ideal_ratio(mode, st, tf)
+    return by_mode
+
+
+def memory_ratios(chunked: dict[str, dict], naive: dict[str, dict]) -> None:
+    """Gives each chunked record `memory_peak_bytes_naive` and `memory_peak_ratio_vs_naive`
+    (its XLA peak over the naive record's of the same mode), where both are known."""
+    for mode, rec in chunked.items():
+        other = naive.get(mode)
+        if other and rec["memory_peak_bytes"] and other["memory_peak_bytes"]:
+            rec["memory_peak_bytes_naive"] = other["memory_peak_bytes"]
+            rec["memory_peak_ratio_vs_naive"] = (rec["memory_peak_bytes"]
+                                                 / other["memory_peak_bytes"])
 
 
 # ----------------------------------------------------------------------------- output
@@ -461,36 +675,88 @@ def _fmt(value, spec: str, scale: float = 1.0) -> str:
     return "-" if value is None else format(value * scale, spec)
 
 
+def _row(values, cols) -> str:
+    return "  ".join(f"{v:>{w}}" for v, (_, w) in zip(values, cols))
+
+
 def format_table(records: list[dict], notes: list[str]) -> str:
-    """The table of `records`, a line on the peak and the columns, and `notes`."""
-    cols = [("pair", 7), ("mode", 16), ("batch", 6), ("dtype", 9), ("ms/step", 9),
-            ("p10-p90 ms", 15), ("ex/s", 10), ("GFLOP/step", 11), ("GFLOP/s", 9),
-            ("%peak", 6), ("compile s", 9), ("peak MiB", 9), ("kd ratio", 8), ("ideal", 6)]
-    lines = ["  ".join(f"{c:>{w}}" for c, w in cols)]
-    for r in records:
-        spread = f"{r['step_time_p10_s'] * 1e3:.2f}-{r['step_time_p90_s'] * 1e3:.2f}"
-        mem = r["device_peak_bytes_in_use"] or r["memory_peak_bytes"]
-        row = [r["pair"], r["mode"], str(r["batch_size"]), r["dtype"],
-               _fmt(r["step_time_s"], ".2f", 1e3), spread, _fmt(r["examples_per_second"], ".0f"),
-               _fmt(r["flops_per_step"], ".3f", 1e-9),
-               _fmt(r["achieved_flops_per_second"], ".1f", 1e-9),
-               _fmt(r["fraction_of_peak"], ".1f", 100), _fmt(r["compile_s"], ".2f"),
-               _fmt(mem, ".1f", 1 / 2**20), _fmt(r.get("kd_time_ratio"), ".3f"),
-               _fmt(r.get("kd_ideal_ratio"), ".3f")]
-        lines.append("  ".join(f"{v:>{w}}" for v, (_, w) in zip(row, cols)))
-    if records:
-        peaks = sorted({r["peak_flops_per_second"] for r in records})
-        line = peak_line(records[0])
-        if len(peaks) > 1:  # one peak per (pair, batch size) group
+    """The table of `records` (LM records in their own table, in tokens/s with both memory
+    figures), a line on the peak and the columns, the chunked / naive memory ratios, and
+    `notes`."""
+    images = [r for r in records if r.get("unit") != "tokens"]
+    tokens = [r for r in records if r.get("unit") == "tokens"]
+    lines = []
+    if images or not tokens:
+        cols = [("pair", 7), ("mode", 16), ("batch", 6), ("dtype", 9), ("ms/step", 9),
+                ("p10-p90 ms", 15), ("ex/s", 10), ("GFLOP/step", 11), ("GFLOP/s", 9),
+                ("%peak", 6), ("compile s", 9), ("peak MiB", 9), ("kd ratio", 8), ("ideal", 6)]
+        lines.append(_row([c for c, _ in cols], cols))
+        for r in images:
+            mem = r["device_peak_bytes_in_use"] or r["memory_peak_bytes"]
+            lines.append(_row(
+                [r["pair"], r["mode"], str(r["batch_size"]), r["dtype"],
+                 _fmt(r["step_time_s"], ".2f", 1e3), _spread(r),
+                 _fmt(r["examples_per_second"], ".0f"), _fmt(r["flops_per_step"], ".3f", 1e-9),
+                 _fmt(r["achieved_flops_per_second"], ".1f", 1e-9),
+                 _fmt(r["fraction_of_peak"], ".1f", 100), _fmt(r["compile_s"], ".2f"),
+                 _fmt(mem, ".1f", 1 / 2**20), _fmt(r.get("kd_time_ratio"), ".3f"),
+                 _fmt(r.get("kd_ideal_ratio"), ".3f")], cols))
+    if tokens:
+        if images:
+            lines.append("")
+        cols = [("pair", 8), ("mode", 16), ("loss", 7), ("batch", 5), ("seq", 5),
+                ("vocab", 6), ("dtype", 9), ("ms/step", 9), ("p10-p90 ms", 15), ("tok/s", 9),
+                ("MFLOP/tok", 9), ("GFLOP/s", 9), ("%peak", 6), ("compile s", 9),
+                ("XLA MiB", 9), ("dev MiB", 9), ("kd ratio", 8), ("ideal", 6)]
+        lines.append(_row([c for c, _ in cols], cols))
+        for r in tokens:
+            lines.append(_row(
+                [r["pair"], r["mode"], r["loss_impl"], str(r["batch_size"]), str(r["seq_len"]),
+                 str(r["vocab_size"]), r["dtype"], _fmt(r["step_time_s"], ".2f", 1e3),
+                 _spread(r), _fmt(r["tokens_per_second"], ".0f"),
+                 _fmt(r["flops_per_token"], ".1f", 1e-6),
+                 _fmt(r["achieved_flops_per_second"], ".1f", 1e-9),
+                 _fmt(r["fraction_of_peak"], ".1f", 100), _fmt(r["compile_s"], ".2f"),
+                 _fmt(r["memory_peak_bytes"], ".1f", 1 / 2**20),
+                 _fmt(r["device_peak_bytes_in_use"], ".1f", 1 / 2**20),
+                 _fmt(r.get("kd_time_ratio"), ".3f"), _fmt(r.get("kd_ideal_ratio"), ".3f")],
+                cols))
+    timed = [r for r in records if r.get("peak_flops_per_second")]
+    if timed:
+        peaks = sorted({r["peak_flops_per_second"] for r in timed})
+        line = peak_line(timed[0])
+        if len(peaks) > 1:  # one peak per (pair, batch size, loss form) group
             line = (f"peak: {peaks[0] / 1e9:.1f} to {peaks[-1] / 1e9:.1f} GFLOP/s median over "
-                    "the (pair, batch) groups, " + line.split(" best, ", 1)[1])
-        lines.append(f"{line}; {records[0]['devices']} x {records[0]['device_kind']}")
+                    "the groups, " + line.split(" best, ", 1)[1])
+        lines.append(f"{line}; {timed[0]['devices']} x {timed[0]['device_kind']}")
+    elif records:
+        lines.append(f"not timed (--memory_only); {records[0]['devices']} x "
+                     f"{records[0]['device_kind']}")
     lines.append("ms/step: median over chunks; p10-p90: spread over chunks; peak MiB: device "
                  "peak in use (process-wide so far) where the backend reports it, else XLA's "
                  "compiled peak; kd ratio: KD step / student step time; ideal: 1 + teacher "
                  "forward FLOPs / student step FLOPs")
+    if tokens:
+        lines.append("LM rows: loss chunked (logit terms chunk by chunk through the heads) or "
+                     "naive ([B, L, V] logits); tok/s and MFLOP/tok per token of the batch; "
+                     "XLA MiB: the program's compiled peak (memory_analysis); dev MiB: device "
+                     "peak in use, process-wide so far (none on CPU)")
+        for r in tokens:
+            if "memory_peak_ratio_vs_naive" in r:
+                lines.append(
+                    f"memory: {r['pair']} {r['mode']} batch {r['batch_size']} x "
+                    f"{r['seq_len']}, V {r['vocab_size']}: chunked (chunk {r['chunk_size']}) "
+                    f"{r['memory_peak_bytes'] / 2**20:.1f} MiB / naive "
+                    f"{r['memory_peak_bytes_naive'] / 2**20:.1f} MiB = "
+                    f"{r['memory_peak_ratio_vs_naive']:.3f}")
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
+
+
+def _spread(r: dict) -> str:
+    if r["step_time_p10_s"] is None:
+        return "-"
+    return f"{r['step_time_p10_s'] * 1e3:.2f}-{r['step_time_p90_s'] * 1e3:.2f}"
 
 
 def peak_line(peak: dict) -> str:
@@ -525,11 +791,14 @@ def main(argv):
         print(line, file=sys.stderr, flush=True)
 
     save = (lambda records: write_json(records, FLAGS.out)) if FLAGS.out else None
+    timing = {k: FLAGS[k].value if FLAGS[k].present or not FLAGS.quick else None
+              for k in TIMING}  # --quick: each pair's quick timing unless given
     records, notes = run(
-        FLAGS.pairs, FLAGS.modes, [int(b) for b in FLAGS.batch_sizes], dtype=FLAGS.dtype,
-        warmup=FLAGS.warmup, steps=FLAGS.steps, repeats=FLAGS.repeats,
-        peak_size=FLAGS.peak_size, seed=FLAGS.seed, store_top_k=FLAGS.store_top_k, log=log,
-        on_progress=save)
+        FLAGS.pairs, FLAGS.modes, FLAGS.batch_sizes, dtype=FLAGS.dtype, **timing,
+        peak_size=FLAGS.peak_size, seed=FLAGS.seed,
+        store_top_k=FLAGS.store_top_k, loss_impls=FLAGS.loss_impls,
+        vocab_size=FLAGS.vocab_size, seq_len=FLAGS.seq_len, chunk_size=FLAGS.chunk_size,
+        quick=FLAGS.quick, memory_only=FLAGS.memory_only, log=log, on_progress=save)
     if FLAGS.out:
         log(f"wrote {write_json(records, FLAGS.out)}")
     print(format_table(records, notes), flush=True)

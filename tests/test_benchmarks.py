@@ -1,8 +1,9 @@
 """The throughput benchmark end to end in a tiny mode (mlp pair, small batch, a few timed
 steps, on the 8 host CPU devices of conftest), and its JSON checked against hand-derived
-FLOP counts."""
+FLOP counts; the LM pair the same way at a tiny vocabulary and length, both loss forms."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -20,9 +21,9 @@ FIELDS = ("pair", "mode", "batch_size", "examples_per_second", "flops_per_step",
           "peak_flops_per_second")
 
 
-def _bench(*args):
+def _bench(*args, env=None):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.throughput", *args],
-                          check=False, cwd=ROOT,
+                          check=False, cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -147,3 +148,120 @@ def test_recount_matches_the_live_count_and_repairs_a_short_xla_count(tiny, monk
     assert fixed["kd_online"]["kd_ideal_ratio"] == pytest.approx(
         1 + fixed["teacher_forward"]["flops_per_step"] / fixed["student"]["flops_per_step"])
     assert fixed["kd_offline"]["kd_ideal_ratio"] == 1.0
+
+
+# ----------------------------------------------------------------------------- LM pair
+
+# `--pairs=lm --quick` (lm_student -> lm_tiny), reshaped tiny: both loss forms in seconds
+LM_BATCH, LM_LEN, LM_VOCAB, LM_CHUNK = 8, 32, 2048, 8
+LM_TOKENS = LM_BATCH * LM_LEN
+LM_FIELDS = FIELDS + ("loss_impl", "tokens_per_second", "tokens_per_step", "flops_per_token",
+                      "seq_len", "vocab_size", "chunk_size", "memory_temp_bytes")
+LM_MODES = ["student", "teacher_forward", "kd_online"]
+STUDENT_DIM, TEACHER_DIM = 64, 128  # lm_tiny, lm_student
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    out = tmp_path_factory.mktemp("throughput_lm")
+    # fields and losses are checked, not speed: XLA's backend optimisation off halves the
+    # compile time of the six programs
+    env = {**os.environ,
+           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"}
+    proc = _bench("--pairs=lm", "--quick", f"--vocab_size={LM_VOCAB}", f"--seq_len={LM_LEN}",
+                  f"--chunk_size={LM_CHUNK}", f"--batch_sizes={LM_BATCH}", "--warmup=1",
+                  "--steps=1", "--repeats=2", "--peak_size=128", f"--out={out}", env=env)
+    with open(out / "throughput.json") as f:
+        records = json.load(f)
+    return {(r["mode"], r["loss_impl"]): r for r in records}, records, proc.stdout
+
+
+def test_lm_records_have_both_loss_forms_and_token_fields(tiny_lm):
+    by_key, records, _ = tiny_lm
+    assert [(r["mode"], r["loss_impl"]) for r in records] == (
+        [(m, "chunked") for m in LM_MODES] + [(m, "naive") for m in LM_MODES])
+    for r in records:
+        for field in LM_FIELDS:
+            assert field in r, (r["mode"], r["loss_impl"], field)
+        assert r["pair"] == "lm_quick" and r["unit"] == "tokens" and r["devices"] == 8
+        assert (r["batch_size"], r["seq_len"], r["vocab_size"]) == (LM_BATCH, LM_LEN, LM_VOCAB)
+        assert r["chunk_size"] == (LM_CHUNK if r["loss_impl"] == "chunked" else 0)
+        assert r["tokens_per_step"] == LM_TOKENS
+        assert r["tokens_per_second"] == pytest.approx(LM_TOKENS / r["step_time_s"])
+        assert r["flops_per_token"] == pytest.approx(r["flops_per_step"] / LM_TOKENS)
+        assert r["fraction_of_peak"] == pytest.approx(
+            r["flops_per_step"] / r["step_time_s"] / r["peak_flops_per_second"])
+        # the compiled peak holds the program's temporaries (CPU reports arguments + outputs)
+        assert r["memory_peak_bytes"] >= r["memory_temp_bytes"] > 0
+    for impl in ("chunked", "naive"):
+        kd, st, tf = (by_key[(m, impl)] for m in ("kd_online", "student", "teacher_forward"))
+        assert kd["kd_time_ratio"] > 0 and "kd_time_ratio" not in st
+        assert kd["kd_ideal_ratio"] == pytest.approx(
+            1 + tf["flops_per_step"] / st["flops_per_step"], rel=1e-12)
+    for mode in LM_MODES:
+        chunked, naive = by_key[(mode, "chunked")], by_key[(mode, "naive")]
+        assert chunked["memory_peak_ratio_vs_naive"] == pytest.approx(
+            chunked["memory_peak_bytes"] / naive["memory_peak_bytes"])
+        assert "memory_peak_ratio_vs_naive" not in naive
+
+
+def test_lm_chunked_and_naive_kd_steps_compute_the_same_first_loss(tiny_lm):
+    """Same initial student, teacher and batch: the first step's objective and terms agree."""
+    by_key = tiny_lm[0]
+    for mode in ("student", "kd_online"):
+        chunked, naive = by_key[(mode, "chunked")], by_key[(mode, "naive")]
+        assert chunked["first_step_loss"] == pytest.approx(naive["first_step_loss"], rel=1e-5)
+        for name in ("ce", "kd", "accuracy", "agreement"):
+            if name in naive["first_step_metrics"]:
+                assert chunked["first_step_metrics"][name] == pytest.approx(
+                    naive["first_step_metrics"][name], rel=1e-5, abs=1e-6), (mode, name)
+    kd = by_key[("kd_online", "naive")]["first_step_metrics"]
+    assert kd["kd"] > 0 and kd["ce"] > 0.5 * np.log(LM_VOCAB)  # random models: near log V
+
+
+def test_lm_chunked_form_holds_less_and_recomputes_the_heads(tiny_lm):
+    by_key = tiny_lm[0]
+    kd_chunked, kd_naive = by_key[("kd_online", "chunked")], by_key[("kd_online", "naive")]
+    assert kd_chunked["memory_temp_bytes"] < kd_naive["memory_temp_bytes"]
+    # the backward pass re-runs each chunk's heads (jax.checkpoint): one more head forward,
+    # 2 * dim * V FLOPs per token, for the student and for the teacher (counted on the jaxpr)
+    head = {m: 2 * LM_TOKENS * d * LM_VOCAB for m, d in (("s", STUDENT_DIM), ("t", TEACHER_DIM))}
+    extra = {m: by_key[(m, "chunked")]["flops_per_step_dot_conv"]
+             - by_key[(m, "naive")]["flops_per_step_dot_conv"] for m in LM_MODES}
+    assert extra["student"] == head["s"]
+    assert extra["teacher_forward"] == 0
+    assert extra["kd_online"] == head["s"] + head["t"]
+
+
+def test_lm_table_shows_tokens_and_both_memory_figures(tiny_lm):
+    stdout = tiny_lm[2]
+    assert "tok/s" in stdout and "XLA MiB" in stdout and "dev MiB" in stdout
+    assert "chunked" in stdout and "naive" in stdout
+    assert f"memory: lm_quick kd_online batch {LM_BATCH} x {LM_LEN}, V {LM_VOCAB}" in stdout
+
+
+def test_batch_plan_and_lm_flags(monkeypatch):
+    monkeypatch.syspath_prepend(ROOT)
+    from benchmarks import pairs, throughput
+    chosen = [pairs.PAIRS["resnet"], pairs.PAIRS["lm"]]
+    defaults = {"resnet": (128, 256), "lm": (8,)}
+    assert throughput.batch_plan(chosen, ["2048", "lm:8"], defaults) == {
+        "resnet": [2048], "lm": [8]}
+    assert throughput.batch_plan(chosen, [], defaults) == {"resnet": [128, 256], "lm": [8]}
+    assert throughput.batch_plan(chosen, ["vit:64", "lm:4"], defaults) == {  # vit not measured
+        "resnet": [128, 256], "lm": [4]}
+    quick, sizes = pairs.quick_pair("lm")
+    assert (quick.name, sizes, quick.num_classes, quick.seq_len) == ("lm_quick", (2,), 32768, 1024)
+    with pytest.raises(ValueError, match="unknown pair 'nope'"):
+        throughput.batch_plan(chosen, ["nope:8"], defaults)
+    with pytest.raises(ValueError, match="not N or PAIR:N"):
+        throughput.batch_plan(chosen, ["lm:x"], defaults)
+    with pytest.raises(ValueError, match="shape LM pairs"):
+        throughput.run(["mlp"], ["student"], [8], vocab_size=100)
+    with pytest.raises(ValueError, match="loss_impls"):
+        throughput.run(["lm"], ["student"], [8], loss_impls=["fused"])
+    with pytest.raises(ValueError, match="must be 0 .no chunking. or divide"):  # the package's
+        throughput.PairBench(pairs.with_shape(pairs.PAIRS["lm_quick"], chunk_size=100), 8,
+                             "float32", 0, {}, loss_impl="chunked").setup("student")
+    with pytest.raises(ValueError, match="loss_impl"):
+        throughput.PairBench(pairs.PAIRS["mlp"], 8, "float32", 0, {}, loss_impl="naive")
