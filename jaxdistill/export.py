@@ -504,11 +504,12 @@ def _parse(argv):
 
 
 def _quiet() -> None:
-    """Warnings only on the terminal, minus Orbax's read-only notices; TF's C++ logs off."""
+    """Warnings only on the terminal, minus Orbax's read-only notices; TF's C++ logs off
+    (absl's --verbosity keeps them all)."""
     from absl import logging as absl_logging
 
     from jaxdistill.logs import NOISE
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the converter's C++ notices
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # the converter's C++ notices (TFDS sets 1)
     handler = absl_logging.get_absl_handler()
     handler.setLevel(logging.WARNING)
     handler.addFilter(lambda r: not any(n in r.getMessage() for n in NOISE))

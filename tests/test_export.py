@@ -224,7 +224,7 @@ def _cli(*args):
 def test_command(runs, tmp_path):
     out = tmp_path / "student.stablehlo"
     proc = _cli(f"--workdir={runs['cnn'][0]}", "--format=stablehlo", "--batch=dynamic",
-                f"--out={out}")
+                f"--out={out}", "--verify_batches=1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     first, second = proc.stdout.strip().splitlines()
     assert f"{out} ({out.stat().st_size:,} bytes)" in first and "batch dynamic" in first
@@ -232,8 +232,6 @@ def test_command(runs, tmp_path):
     assert "WARNING" not in proc.stderr  # Orbax's read-only notices are dropped
     for args, message in [
         ((f"--workdir={tmp_path}", "--format=onnx", f"--out={out}"), "--format=onnx is not supported"),
-        ((f"--workdir={tmp_path / 'nothing'}", "--format=stablehlo", f"--out={out}"),
-         "no such directory"),
         ((f"--workdir={tmp_path}", f"--out={out}"), "--format is required"),
     ]:
         proc = _cli(*args)
