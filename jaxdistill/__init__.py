@@ -9,7 +9,8 @@ The public API, imported lazily (so `import jaxdistill` starts no JAX backend):
 - `train_and_evaluate(config, workdir)`: one run; `run_experiment(config, workdir)`: the
   teacher -> scratch -> distilled demo with its table;
 - `build_model(name, ...)`, `model_names()`: the model registry;
-- `TeacherStore(path)`: an offline teacher store; `sample(...)`: decoder LM generation.
+- `TeacherStore(path)`: an offline teacher store; `sample(...)`: decoder LM generation;
+- `export(workdir, format, out)`: a trained student as StableHLO or TFLite, verified.
 """
 
 import importlib
@@ -27,8 +28,9 @@ _EXPORTS = {
     "model_names": ("jaxdistill.models", "model_names"),
     "TeacherStore": ("jaxdistill.store", "TeacherStore"),
     "sample": ("jaxdistill.generate", "sample"),
+    "export": ("jaxdistill.export", "export"),
 }
-__all__ = ["TeacherStore", "base_config", "build_model", "build_objective", "losses",
+__all__ = ["TeacherStore", "base_config", "build_model", "build_objective", "export", "losses",
            "model_names", "prepare_run", "run_experiment", "sample", "train_and_evaluate"]
 
 

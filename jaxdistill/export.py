@@ -182,13 +182,6 @@ def check_exportable(config, workdir: str) -> None:
     if config.get("task", "classification") != "classification":
         raise ValueError(f"--workdir={workdir} is a '{config.task}' run: export is not "
                          "supported yet for that task (classification students only)")
-    quantization = config.student.get("quantization")
-    if quantization and quantization != "none" and not (
-            isinstance(quantization, dict | ml_collections.ConfigDict)
-            and not any(v not in ("", "none", None, 0, False) for v in quantization.values())):
-        raise ValueError(f"--workdir={workdir}: config.student.quantization is set; export "
-                         "of quantized students is not supported yet (it would drop the "
-                         "quantization)")
 
 
 def load_student(workdir: str) -> Student:

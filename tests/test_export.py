@@ -200,11 +200,6 @@ def test_refusals(runs, tmp_path, monkeypatch):
     (lm / "config.json").write_text(json.dumps({"task": "causal_lm",
                                                 "student": {"model": "lm_tiny"}}))
     cases.append((str(lm), "stablehlo", "1", "'causal_lm' run: export is not supported yet"))
-    quantized = tmp_path / "quantized"
-    quantized.mkdir()
-    (quantized / "config.json").write_text(json.dumps({
-        "task": "classification", "student": {"model": "mlp", "quantization": {"weights": "int8"}}}))
-    cases.append((str(quantized), "stablehlo", "1", "quantized students is not supported yet"))
     for workdir, fmt, batch, message in cases:
         with pytest.raises(ValueError, match=message):
             ex.export(workdir, fmt, out, batch=batch)
