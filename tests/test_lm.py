@@ -46,7 +46,7 @@ def lm_config(objective=None, **overrides):
                           "batch_size": B, "eval_batch_size": 32, "num_steps": 3,
                           "baseline": False, "log_every": 1, "eval_every": 0,
                           "checkpoint_every": 0, "optimizer.warmup_steps": 0,
-                          "teacher.train.num_steps": 12, "lm.chunk_size": 0})
+                          "lm.chunk_size": 0})
     if objective is not None:
         with config.unlocked():
             config.objective = ml_collections.ConfigDict(objective)
@@ -414,15 +414,17 @@ def _sgd(config):
 def chunk_runs(lm_init):
     """One SGD step with every logit term from the same state, teacher and batch: naive and
     chunked (chunks of 16 of the 32 positions) on one device, and chunked on 8 devices with
-    the vocabulary (embedding = tied head) split over a 4-way tensor axis."""
+    the vocabulary split over a 4-way tensor axis. The student has its own output head, the
+    teacher's is tied to its embedding: both kinds of head run chunk by chunk."""
     def config(chunk, **mesh):
-        return _sgd(lm_config(LOGIT_TERMS, **{"lm.chunk_size": chunk, **mesh}))
+        return _sgd(lm_config(LOGIT_TERMS, **{"lm.chunk_size": chunk,
+                                              "student.kwargs": {"tie_embeddings": False},
+                                              **mesh}))
     setups = {c: prepare_run(config(c), teacher_checkpoint_required=False) for c in (0, 16)}
     device = jax.devices()[0]
-    init = lm_init["state"]
-    params = {"student": init.params["student"], "aux": {}}
-    state = init.replace(params=params, opt_state=setups[0].ctx.tx.init(params))
-    state, teacher = jax.device_put((state, lm_init["teacher64"]), device)
+    key = jax.device_put(jax.random.PRNGKey(0), device)
+    state = quick(setups[0].init_state, key)(key)
+    teacher = jax.device_put(lm_init["teacher64"], device)
     batch = dict(next(_batches(setups[0])))
     # weight 0 on a quarter of the positions (padding and document ends are rare in this data)
     keep = np.random.default_rng(0).random(batch["weights"].shape) > 0.25
@@ -441,7 +443,8 @@ def chunk_runs(lm_init):
     s_state = jax.device_put(jax.device_get(state), sharded.state_shardings)  # it is donated
     s_teacher = jax.device_put(lm_init["teacher64"], jax.tree.map(lambda x: x.sharding,
                                                                   sharded.teacher_abstract))
-    out["specs"] = {"student": _spec(s_state.params["student"]["embedding"]),
+    out["specs"] = {"embedding": _spec(s_state.params["student"]["embedding"]),
+                    "head": _spec(s_state.params["student"]["head"]),
                     "teacher": _spec(s_teacher["params"]["embedding"]),
                     "q": _spec(s_state.params["student"]["blocks"][0]["attn"]["q"])}
     new, metrics = train_fn(s_state, s_teacher, jax.device_put(batch, sharded.batch_sharding))
@@ -501,8 +504,8 @@ def test_chunked_step_never_holds_a_sequence_of_logits(chunk_runs):
 
 
 def test_chunked_step_with_a_tensor_sharded_vocabulary_equals_one_device(chunk_runs):
-    assert chunk_runs["specs"] == {"student": ("tensor", None), "teacher": ("tensor", None),
-                                   "q": (None, "tensor", None)}
+    assert chunk_runs["specs"] == {"embedding": ("tensor", None), "head": (None, "tensor"),
+                                   "teacher": ("tensor", None), "q": (None, "tensor", None)}
     _assert_same_step(chunk_runs["tensor"], chunk_runs[16], chunk_runs["before"])
 
 
