@@ -15,11 +15,17 @@ import os
 import jax
 import ml_collections
 
-from jaxdistill import run_record
+from jaxdistill import run_record, validate
 from jaxdistill.generate import generate_text
 from jaxdistill.logs import RUN_LOG
 from jaxdistill.run_setup import prepare_run
-from jaxdistill.train import PAIR_METRICS, SUMMARY, evaluate_other_student, train_and_evaluate
+from jaxdistill.train import (
+    PAIR_METRICS,
+    SUMMARY,
+    evaluate_other_student,
+    load_teachers,
+    train_and_evaluate,
+)
 
 
 def teacher_config(config) -> ml_collections.ConfigDict:
@@ -50,8 +56,11 @@ def run(config, workdir: str) -> dict:
 
     Every stage's config is validated before the first one starts, so a bad field fails
     before anything is trained or written."""
-    workdir = os.path.abspath(workdir)
+    validate.check_workdir(workdir)
+    workdir = os.path.abspath(os.path.expanduser(workdir))  # not a folder named '~'
     config = copy.deepcopy(config)
+    validate.check_config(config)  # under the user's names: teacher.train.* included
+    validate.check_run_paths(config, workdir)
     trains_teacher = bool(config.teacher.model and not config.teacher.checkpoint
                           and not config.teacher.store)
     stages = []  # (name, config, workdir)
@@ -60,9 +69,15 @@ def run(config, workdir: str) -> dict:
     if config.baseline:
         stages.append(("scratch", scratch_config(config), os.path.join(workdir, "scratch")))
     stages.append(("student", config, workdir))
-    for name, cfg, wd in stages:  # all refusals before anything is written
-        prepare_run(cfg, teacher_checkpoint_required=not (name == "student" and trains_teacher))
-        run_record.check(cfg, wd)
+    # all refusals before anything is written; the user's own config first
+    for name, cfg, wd in sorted(stages, key=lambda stage: stage[0] != "student"):
+        with validate.teacher_stage(name == "teacher"):
+            setup = prepare_run(cfg, teacher_checkpoint_required=not (
+                name == "student" and trains_teacher))
+            if setup.store is not None:  # the store's fingerprint needs the teacher's params
+                load_teachers(setup)
+            run_record.check(cfg, wd)
+            validate.check_resume(cfg, wd)
     if trains_teacher:
         config.teacher.checkpoint = os.path.join(workdir, "teacher")
     log = RUN_LOG.to_file(workdir)

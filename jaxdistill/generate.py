@@ -257,5 +257,6 @@ def _main(argv) -> None:
 
 
 if __name__ == "__main__":  # flags only when run as a program: importers keep their own
+    from jaxdistill.validate import flags_parser
     _define_flags()
-    app.run(_main)
+    app.run(_main, flags_parser=flags_parser(config_flag=None))  # one-line flag errors

@@ -2,6 +2,12 @@
 
 Multi-process runs add `--distributed=auto` (TPU pods, SLURM) or `--distributed=explicit
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I`; see launch/README.md.
+
+A mistake (in a flag, the config file, any field, the workdir) ends the command with one
+line, `jaxdistill: error: <flag or config.field>: <problem>; <fix>`, exit status 1 and the
+workdir as it was: the command line is parsed by `validate.flags_parser`, the whole config
+checked before the cluster is joined, and every user error below reported the same way
+(`validate.reported`).
 """
 
 from __future__ import annotations
@@ -11,9 +17,11 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxdistill import distributed
+from jaxdistill import distributed, validate
 from jaxdistill.logs import RUN_LOG
 
+if __name__ == "__main__":  # defining the config flag reads the --flagfile's
+    validate.exit_if_a_flagfile_is_unreadable(sys.argv)
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, summary.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -39,29 +47,28 @@ _SHUTDOWN_TIMEOUT = flags.DEFINE_integer("shutdown_timeout", distributed.SHUTDOW
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # validate.flags_parser refuses arguments that are not flags
     RUN_LOG.quiet(verbose=flags.FLAGS["verbosity"].present)
-    if "://" in _WORKDIR.value:  # the trainer writes through os / open(): local paths only
-        sys.exit(f"jaxdistill: error: --workdir={_WORKDIR.value}: URLs are not supported yet; "
-                 "use a directory every process sees at the same path (NFS, Filestore, "
-                 "a gcsfuse mount)")
-    try:
-        distributed.initialize(distributed.Settings(
-            mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
-            num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
-            local_device_ids=distributed.parse_device_ids(_LOCAL_DEVICES.value),
-            heartbeat_timeout=_HEARTBEAT.value, init_timeout=_INIT_TIMEOUT.value,
-            shutdown_timeout=_SHUTDOWN_TIMEOUT.value))
-    except (ValueError, RuntimeError) as e:
-        sys.exit(f"jaxdistill: error: {e}")
-    from jaxdistill import experiment  # after initialize: nothing may touch JAX's backends first
-    with distributed.fail_fast():
+    with validate.reported():
+        if "://" in _WORKDIR.value:  # the trainer writes through os / open(): local paths only
+            raise ValueError(f"--workdir={_WORKDIR.value}: URLs are not supported yet; use a "
+                             "directory every process sees at the same path (NFS, Filestore, "
+                             "a gcsfuse mount)")
+        validate.check_workdir(_WORKDIR.value)
+        validate.check_config(_CONFIG.value)  # before joining a cluster
         try:
-            experiment.run(_CONFIG.value, _WORKDIR.value)
-        except ValueError as e:
-            sys.exit(f"jaxdistill: error: {e}")
+            distributed.initialize(distributed.Settings(
+                mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+                local_device_ids=distributed.parse_device_ids(_LOCAL_DEVICES.value),
+                heartbeat_timeout=_HEARTBEAT.value, init_timeout=_INIT_TIMEOUT.value,
+                shutdown_timeout=_SHUTDOWN_TIMEOUT.value))
+        except RuntimeError as e:
+            raise ValueError(str(e)) from None
+    from jaxdistill import experiment  # after initialize: nothing may touch JAX's backends first
+    with distributed.fail_fast(), validate.reported():
+        experiment.run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=validate.flags_parser())

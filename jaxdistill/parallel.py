@@ -181,6 +181,14 @@ def tree_shardings(abstract_tree, mesh: Mesh, rule: str, named: dict | None = No
     path it ends with (optimizer moments), else by the shape heuristic."""
     rules = logical_rules(rule, overrides, mesh, field)
     named = named or {}
+    known = sorted({n for names in named.values() for n in names if n is not None})
+    for name, axis in overrides:  # a rule for a name no parameter has would do nothing
+        if name not in known:
+            from jaxdistill.validate import options_hint
+            raise ValueError(f"{field}: ({name!r}, {axis!r}): no parameter of the model has the "
+                             f"logical axis {name!r}" + (options_hint(name, known, "its axes:")
+                                                         if known else "; only the decoder LMs' "
+                                                         "parameters carry logical axis names"))
 
     def sharding(path, x):
         names = _names_for(_path(path), len(x.shape), named) if named else None

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from jaxdistill import checkpoint, data, parallel
+from jaxdistill import checkpoint, data, parallel, validate
 from jaxdistill import store as store_lib
 from jaxdistill.flops import dot_conv_flops, program_flops
 from jaxdistill.losses.chunked import check_chunk_size
@@ -132,17 +132,15 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
     """Validates `config` and resolves every static piece of the run (see module doc).
     `info` stands in for the prepared dataset and `store` for config.teacher.store's
     (benchmarks on synthetic data: the teacher's outputs then come with the batch)."""
+    validate.check_config(config)  # every field's name, type and range, before anything else
     if config.num_steps <= 0:
         raise ValueError(f"config.num_steps must be > 0, got {config.num_steps}")
     for field in ("log_every", "eval_every", "checkpoint_every"):
         if config[field] < 0:
             raise ValueError(f"config.{field} must be >= 0, got {config[field]}")
     task = task_class(config.task)(config)
-    info = info or task.prepare_data(config.data)
-    for split in (config.data.train_split, config.data.eval_split):
-        if split not in info.splits:
-            raise ValueError(f"config.data: split '{split}' is not in {config.data.name} "
-                             f"(splits: {sorted(info.splits)})")
+    info = info or validate.prepared_data(task, config)  # task.prepare_data, OSError named
+    validate.check_data(config, info)  # splits, reader, batch size, channels
     mesh, teacher_mesh = _meshes(config)
     data_size = np.lcm(parallel.batch_shards(mesh), parallel.batch_shards(teacher_mesh))
     for field in ("batch_size", "eval_batch_size"):

@@ -19,8 +19,11 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxdistill import distributed
+from jaxdistill import distributed, validate
 
+PROG = "jaxdistill.teacher_store"  # the prefix of its one-line errors
+if __name__ == "__main__":  # defining the config flag reads the --flagfile's
+    validate.exit_if_a_flagfile_is_unreadable(sys.argv, PROG)
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
 _STORE = flags.DEFINE_string("store", None, "Directory to write the store to (new or empty).")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Logits kept per example, largest first; 0 = all.")
@@ -46,22 +49,21 @@ def __getattr__(name):  # the library's names, imported lazily (JAX must not sta
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        distributed.initialize(distributed.Settings(
-            mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
-            num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value))
-    except (ValueError, RuntimeError) as e:
-        sys.exit(f"jaxdistill.teacher_store: error: {e}")
-    from jaxdistill.store.writer import write_store  # after initialize
-    with distributed.fail_fast():
+    del argv  # validate.flags_parser refuses arguments that are not flags
+    with validate.reported(PROG):
+        validate.check_workdir(_STORE.value, flag="--store", want="a new or empty directory")
+        validate.check_config(_CONFIG.value)  # before joining a cluster
         try:
-            write_store(_CONFIG.value, _STORE.value, top_k=_TOP_K.value,
-                        features=tuple(_FEATURES.value), split=_SPLIT.value)
-        except ValueError as e:
-            sys.exit(f"jaxdistill.teacher_store: error: {e}")
+            distributed.initialize(distributed.Settings(
+                mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value))
+        except RuntimeError as e:
+            raise ValueError(str(e)) from None
+    from jaxdistill.store.writer import write_store  # after initialize
+    with distributed.fail_fast(), validate.reported(PROG):
+        write_store(_CONFIG.value, _STORE.value, top_k=_TOP_K.value,
+                    features=tuple(_FEATURES.value), split=_SPLIT.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=validate.flags_parser(PROG))
