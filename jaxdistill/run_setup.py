@@ -213,7 +213,7 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
                           rng=jax.random.fold_in(jax.random.PRNGKey(config.seed), 1),
                           aux_state=aux_state)
 
-    abstract = jax.eval_shape(init_state, jax.random.PRNGKey(config.seed))
+    abstract = jax.eval_shape(lambda: init_state(jax.random.PRNGKey(config.seed)))  # no compile
     shardings = _state_shardings(abstract, mesh, config.mesh.student_rule,
                                  parallel.names_by_path(logical_axes(s_params)),
                                  config.mesh.student_axis_rules, "config.mesh.student_axis_rules")
