@@ -17,7 +17,13 @@ Published top-1 (%) each method should reach (teacher 79.42, student from scratc
 | pkt    | 73.64 | CRD |
 | crd    | 75.51 | CRD |
 | dkd    | 76.32 | DKD paper's code (Zhao et al., CVPR 2022), Table 1 |
-| lskd, adversarial, fkl, rkl, jsd, tvd | no number for this pair in those tables | |
+| lskd   | 76.62 | logit standardisation code (Sun et al., CVPR 2024), README table 1 |
+| lsdkd  | 77.01 | Sun et al. |
+| adversarial, fkl, rkl, jsd, tvd | no number for this pair in those tables | |
+
+AT sums over the three stages (stage1..3 of both models, as RepDistiller's `feat[1:-1]`),
+SP compares stage3; CRD draws 16,384 negatives (from other classes when the run provides
+the training split's labels: `negatives='auto'`).
 
   python -m jaxdistill.main --config=configs/cifar100_methods.py:crd --workdir=$WORK/c100_crd \
       --config.data.data_dir=$TFDS_DIR --config.teacher.checkpoint=$WORK/c100_teacher
@@ -33,7 +39,8 @@ def get_config(arg=None):
     c.teacher.train.num_steps = c.num_steps  # used only when teacher.checkpoint is empty
     c.teacher.train.learning_rate = c.optimizer.learning_rate
     c.teacher.train.augment = c.data.augment
-    terms = method_objective(arg or "kd", hint_feature="stage2", map_feature="stage3")
+    terms = method_objective(arg or "kd", hint_feature="stage2", map_feature="stage3",
+                             at_features=("stage1", "stage2", "stage3"))
     if "dkd" in terms:  # DKD warms its loss up over the first 20 epochs
         terms["dkd"]["warmup_steps"] = 20 * CIFAR_TRAIN_EXAMPLES // c.batch_size
     if "crd" in terms:

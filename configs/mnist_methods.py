@@ -1,8 +1,8 @@
 """Every method of the library on mnist5k, offline: `configs/mnist_methods.py:<method>`.
 
 A CNN teacher (32-64 channels) distils into a CNN student (8-16 channels), features
-tapped by name: FitNets and attention transfer / SP on `stage2` (7x7 maps), RKD, PKT and
-CRD on `embedding`. With no teacher checkpoint the teacher is trained into
+tapped by name: FitNets and SP on `stage2` (7x7 maps), attention transfer summed over
+`stage1` and `stage2` (14x14 and 7x7), RKD, PKT and CRD on `embedding`. With no teacher checkpoint the teacher is trained into
 <workdir>/teacher first; `--config.baseline=True` adds the student from scratch.
 `<method>,tiny` is the few-step digits version the tests run.
 
@@ -10,7 +10,7 @@ CRD on `embedding`. With no teacher checkpoint the teacher is trained into
   python -m jaxdistill.main --config=configs/mnist_methods.py:at --workdir=/tmp/mnist_at \
       --config.teacher.checkpoint=/tmp/mnist_crd/teacher
 
-Methods: kd lskd dkd fitnet at sp rkd pkt crd adversarial fkl rkl jsd tvd.
+Methods: kd lskd dkd lsdkd fitnet at sp rkd pkt crd adversarial fkl rkl jsd tvd.
 """
 
 from jaxdistill.defaults import base_config
@@ -37,7 +37,8 @@ def get_config(arg=None):
     c.optimizer.grad_clip = 5.0  # the 8-16 channel student dies (all-ReLU-off) without it
     c.log_every = 200
     c.eval_every = c.checkpoint_every = 500
-    terms = method_objective(method, hint_feature="stage2", map_feature="stage2")
+    terms = method_objective(method, hint_feature="stage2", map_feature="stage2",
+                             at_features=("stage1", "stage2"))
     if "crd" in terms:
         terms["crd"]["num_negatives"] = 1024
     if size == "tiny":

@@ -38,6 +38,11 @@ FEATURE_FIELDS = ("student_feature", "teacher_feature")
 RESERVED_NAMES = ("loss", "grad_norm", "learning_rate")  # metrics the step reports itself
 
 
+def _names(value) -> tuple:
+    """A feature field's names: one name, or a tuple of them (a term over several pairs)."""
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 def weighted_mean(value: jax.Array, weights: jax.Array | None) -> jax.Array:
     """`sum(value * weights) / max(sum(weights), 1)` (weights None: all 1); a scalar
     (batch-level) value as is."""
@@ -101,8 +106,8 @@ class Objective:
     @property
     def needs_attention_maps(self) -> bool:
         """Whether a term reads a model's attention maps (features named `attn<i>`)."""
-        return any(field in FEATURE_FIELDS and str(value).startswith("attn")
-                   for t in self.terms for field, value in t.hparams)
+        return any(name.startswith("attn") for t in self.terms for field, value in t.hparams
+                   if field in FEATURE_FIELDS for name in _names(value))
 
     @property
     def aux_terms(self) -> tuple[Term, ...]:
@@ -124,9 +129,10 @@ class Objective:
                     continue
                 side, available = ("student", views.student_features) if (
                     field == FEATURE_FIELDS[0]) else ("teacher", teacher_features)
-                if value not in available:
-                    raise ValueError(f"config.objective.{term.name}.{field}: the {side} model has "
-                                     f"no feature '{value}'; it has {sorted(available)}")
+                for name in _names(value):
+                    if name not in available:
+                        raise ValueError(f"config.objective.{term.name}.{field}: the {side} model "
+                                         f"has no feature '{name}'; it has {sorted(available)}")
 
     def bind(self, views: Views, num_data: int) -> Objective:
         """Fixes the aux modules' structure from abstract `views` (shapes only)."""

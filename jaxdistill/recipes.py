@@ -2,7 +2,8 @@
 the CIFAR-100 training recipe of the CRD/DKD papers' public code.
 
 Loss weights follow the CRD repository (Tian et al. 2020, RepDistiller) for the feature
-methods and the DKD repository (Zhao et al. 2022, mdistiller) for DKD.
+methods, the DKD repository (Zhao et al. 2022, mdistiller) for DKD, and the logit
+standardisation repository (Sun et al. 2024) for `lskd` / `lsdkd`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import ml_collections
 from jaxdistill.defaults import base_config
 
 
-def method_objective(method: str, *, hint_feature: str, map_feature: str) -> dict:
+def method_objective(method: str, *, hint_feature: str, map_feature: str,
+                     at_features: tuple[str, ...]) -> dict:
     """Objective terms of `method`; `hint_feature` is the stage FitNets regresses,
-    `map_feature` the NHWC stage attention transfer and SP compare."""
+    `map_feature` the NHWC stage SP compares, `at_features` the stages attention transfer
+    sums over (RepDistiller's `feat[1:-1]`, mdistiller's `feats[1:]`: every stage output)."""
     pair = lambda f: {"student_feature": f, "teacher_feature": f}
     methods = {
         "kd": {"ce": {"weight": 0.1}, "kd": {"weight": 0.9, "temperature": 4.0}},
@@ -23,8 +26,12 @@ def method_objective(method: str, *, hint_feature: str, map_feature: str) -> dic
         "dkd": {"ce": {"weight": 1.0},
                 "dkd": {"weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0,
                         "warmup_steps": 0}},
+        # Sun et al.'s tools/train.py --logit-stand: DKD's alpha and beta x kd_weight 9, T = 2.
+        "lsdkd": {"ce": {"weight": 1.0},
+                  "dkd": {"weight": 1.0, "alpha": 9.0, "beta": 72.0, "temperature": 2.0,
+                          "standardize": True, "warmup_steps": 0}},
         "fitnet": {"ce": {"weight": 1.0}, "hint": {"weight": 100.0, **pair(hint_feature)}},
-        "at": {"ce": {"weight": 1.0}, "at": {"weight": 1000.0, **pair(map_feature)}},
+        "at": {"ce": {"weight": 1.0}, "at": {"weight": 1000.0, **pair(tuple(at_features))}},
         "sp": {"ce": {"weight": 1.0}, "sp": {"weight": 3000.0, **pair(map_feature)}},
         "rkd": {"ce": {"weight": 1.0}, "rkd": {"weight": 1.0}},
         "pkt": {"ce": {"weight": 1.0}, "pkt": {"weight": 30000.0}},
@@ -41,7 +48,7 @@ def method_objective(method: str, *, hint_feature: str, map_feature: str) -> dic
     return methods[method]
 
 
-METHODS = ("kd", "lskd", "dkd", "fitnet", "at", "sp", "rkd", "pkt", "crd", "adversarial",
+METHODS = ("kd", "lskd", "dkd", "lsdkd", "fitnet", "at", "sp", "rkd", "pkt", "crd", "adversarial",
            "fkl", "rkl", "jsd", "tvd")
 
 

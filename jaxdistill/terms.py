@@ -7,7 +7,9 @@ position, so a chunked step can run them chunk by chunk over the sequence. Terms
 heads, memory banks, a discriminator) also declare `make_aux(views, rngs, num_data,
 **hparams) -> (module | None, state | None)`, sized from abstract shapes, and receive
 `aux=AuxIO(...)` at call time. Hyper-parameters named `student_feature` /
-`teacher_feature` pick a model feature by name and are checked against the models.
+`teacher_feature` pick a model feature by name (`at`: or a tuple of names, one term over
+several stage pairs) and are checked against the models. `make_crd` also takes the
+training split's labels (`split_labels=`) for the reference's other-class negatives.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxdistill import losses
@@ -74,6 +77,7 @@ class TermSpec:
     make_aux: Callable[..., tuple[Any, Any]] | None = None
     own_optimizer: bool = False  # aux params get `optax.adam(learning_rate, b1=0.5)`
     logit_term: bool = False  # a per-position function of logits and labels only
+    takes_split_labels: bool = False  # make_aux(..., split_labels=[num_data] labels) when known
 
 
 def _pair(v: Views, student_feature: str, teacher_feature: str):
@@ -117,9 +121,10 @@ def srkl(v: Views, alpha: float = 0.1, temperature: float = 1.0):
                                   temperature=temperature)
 
 
-def dkd(v: Views, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0):
+def dkd(v: Views, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
+        standardize: bool = False):
     return losses.dkd_loss(v.student_logits, v.teacher_logits, v.labels, alpha=alpha, beta=beta,
-                           temperature=temperature)
+                           temperature=temperature, standardize=standardize)
 
 
 # --- features -------------------------------------------------------------------------
@@ -143,13 +148,32 @@ def hint(v: Views, student_feature: str, teacher_feature: str, *, aux: AuxIO):
     return _per_token(losses.hint_loss, s, t) if v.per_token else losses.hint_loss(s, t)
 
 
-def at(v: Views, student_feature: str, teacher_feature: str, p: float = 2.0):
-    """Attention transfer (Zagoruyko & Komodakis) on conv maps; on a sequence task the
-    self-attention distribution transfer of MiniLM per query token (`attn<i>` features)."""
-    s, t = _pair(v, student_feature, teacher_feature)
-    if v.per_token:
-        return losses.attention_distribution_loss(s, t)
-    return losses.attention_transfer_loss(s, t, p=p)
+def _feature_pairs(student_feature, teacher_feature) -> list[tuple[str, str]]:
+    """One feature name each, or equally long tuples of names: the pairs they form."""
+    if isinstance(student_feature, str) and isinstance(teacher_feature, str):
+        return [(student_feature, teacher_feature)]
+    s_names, t_names = (tuple(f) if not isinstance(f, str) else (f,)
+                        for f in (student_feature, teacher_feature))
+    if len(s_names) != len(t_names) or not s_names or not all(
+            isinstance(n, str) for n in s_names + t_names):
+        raise ValueError(f"student_feature {student_feature!r} and teacher_feature "
+                         f"{teacher_feature!r} must be one name each or as many names each")
+    return list(zip(s_names, t_names))
+
+
+def at(v: Views, student_feature: str | tuple[str, ...], teacher_feature: str | tuple[str, ...],
+       p: float = 2.0):
+    """Attention transfer (Zagoruyko & Komodakis) on conv maps (of any spatial sizes: the
+    larger map is average-pooled to the smaller); on a sequence task the self-attention
+    distribution transfer of MiniLM per query token (`attn<i>` features). Tuples of names
+    (e.g. `('stage1', 'stage2', 'stage3')` each) sum the loss over the stage pairs under the
+    one weight, as `at_loss` of mdistiller and RepDistiller's `sum(loss_group)` do."""
+    total = 0.0
+    for s_name, t_name in _feature_pairs(student_feature, teacher_feature):
+        s, t = _pair(v, s_name, t_name)
+        total = total + (losses.attention_distribution_loss(s, t) if v.per_token
+                         else losses.attention_transfer_loss(s, t, p=p))
+    return total
 
 
 def sp(v: Views, student_feature: str, teacher_feature: str):
@@ -170,44 +194,75 @@ def pkt(v: Views, student_feature: str = "embedding", teacher_feature: str = "em
 
 # --- contrastive (CRD) ----------------------------------------------------------------
 
+CRD_NEGATIVES = ("auto", "other_class", "uniform")
+
+
 def make_crd(v: Views, rngs, num_data, student_feature: str = "embedding",
              teacher_feature: str = "embedding", dim: int = 128, num_negatives: int = 4096,
-             temperature: float = 0.07, momentum: float = 0.5):
-    """Embedding heads (trainable) and the two memory banks with their normalisers."""
+             temperature: float = 0.07, momentum: float = 0.5, negatives: str = "auto", *,
+             split_labels=None):
+    """Embedding heads (trainable), the two memory banks (uniform rows, not normalised, as
+    RepDistiller's ContrastMemory) with their normalisers, and for other-class negatives
+    the training split's labels `split_labels` [num_data] (kept unchanged in the state)."""
+    if negatives not in CRD_NEGATIVES:
+        raise ValueError(f"negatives must be one of {CRD_NEGATIVES}, got {negatives!r}")
     if not 0 < num_negatives < num_data:
         raise ValueError(f"num_negatives must be in [1, {num_data - 1}] for a training split of "
                          f"{num_data} examples, got {num_negatives}")
+    if negatives == "other_class" and split_labels is None:
+        raise ValueError("negatives='other_class' needs the training split's labels, which this "
+                         "run does not provide; use negatives='uniform' (or 'auto')")
     s, t = _pair(v, student_feature, teacher_feature)
     heads = nnx.Dict(student=Embed(math.prod(s.shape[1:]), dim, rngs=rngs),
                      teacher=Embed(math.prod(t.shape[1:]), dim, rngs=rngs))
-    stdv = 1.0 / jnp.sqrt(dim / 3.0)  # the official code's uniform init, then rows normalised
     bank_keys = jax.random.split(rngs.params(), 2)
-    banks = [losses.l2_normalize(jax.random.uniform(k, (num_data, dim), minval=-stdv, maxval=stdv))
-             for k in bank_keys]
-    state = {"student_bank": banks[0], "teacher_bank": banks[1],
+    state = {"student_bank": losses.crd_init_bank(bank_keys[0], num_data, dim),
+             "teacher_bank": losses.crd_init_bank(bank_keys[1], num_data, dim),
              "student_z": jnp.float32(-1.0), "teacher_z": jnp.float32(-1.0)}
+    if negatives != "uniform" and split_labels is not None:
+        labels = np.asarray(split_labels)
+        if labels.shape != (num_data,):
+            raise ValueError(f"split_labels must hold one label per training example "
+                             f"({num_data}), got shape {labels.shape}")
+        most = losses.max_other_class_negatives(labels)
+        if num_negatives > most:
+            raise ValueError(f"num_negatives={num_negatives} exceeds the {most} examples outside "
+                             "the largest class, the most that negatives='other_class' can draw "
+                             "without replacement; use fewer or negatives='uniform'")
+        state["split_labels"] = jnp.asarray(labels, jnp.int32)
     return heads, state
 
 
 def crd(v: Views, student_feature: str = "embedding", teacher_feature: str = "embedding",
         dim: int = 128, num_negatives: int = 4096, temperature: float = 0.07,
-        momentum: float = 0.5, *, aux: AuxIO):
+        momentum: float = 0.5, negatives: str = "auto", *, aux: AuxIO):
     """Tian et al., "Contrastive Representation Distillation", ICLR 2020: the student
     embedding against the teacher bank plus the teacher embedding against the student bank,
-    NCE with `num_negatives` negatives; banks updated by momentum after the step."""
+    NCE with `num_negatives` negatives; banks updated by momentum after the step.
+
+    negatives: 'other_class' draws each example's negatives from the examples of other
+    classes, without replacement (the reference's `CIFAR100InstanceSample`; needs the
+    training split's labels, given to `make_crd`); 'uniform' from all other examples, with
+    replacement; 'auto' (default) is 'other_class' when the split's labels are given, else
+    'uniform'."""
     s, t = _pair(v, student_feature, teacher_feature)
     es, et = aux.module["student"](s), aux.module["teacher"](t)
     idx, state = v.indices, aux.state
-    negatives = losses.sample_negatives(aux.rng, es.shape[0], num_negatives, aux.num_data, idx)
-    out_s = losses.crd_scores(es, state["teacher_bank"], idx, negatives, temperature)
-    out_t = losses.crd_scores(et, state["student_bank"], idx, negatives, temperature)
+    if "split_labels" in state:
+        neg = losses.sample_other_class_negatives(aux.rng, v.labels, state["split_labels"],
+                                                  num_negatives)
+    else:
+        neg = losses.sample_negatives(aux.rng, es.shape[0], num_negatives, aux.num_data, idx)
+    out_s = losses.crd_scores(es, state["teacher_bank"], idx, neg, temperature)
+    out_t = losses.crd_scores(et, state["student_bank"], idx, neg, temperature)
     z_s = jnp.where(state["student_z"] > 0, state["student_z"],
                     losses.crd_normalizer(out_s, aux.num_data))
     z_t = jnp.where(state["teacher_z"] > 0, state["teacher_z"],
                     losses.crd_normalizer(out_t, aux.num_data))
     value = (losses.crd_nce_loss(out_s, z_s, aux.num_data)
              + losses.crd_nce_loss(out_t, z_t, aux.num_data))
-    new_state = {"student_bank": losses.crd_update_bank(state["student_bank"], idx, es, momentum),
+    new_state = {**state,
+                 "student_bank": losses.crd_update_bank(state["student_bank"], idx, es, momentum),
                  "teacher_bank": losses.crd_update_bank(state["teacher_bank"], idx, et, momentum),
                  "student_z": z_s, "teacher_z": z_t}
     return TermOutput(value, state=new_state)
@@ -250,6 +305,6 @@ TERMS: dict[str, TermSpec] = {
     "sp": TermSpec(sp),
     "rkd": TermSpec(rkd),
     "pkt": TermSpec(pkt),
-    "crd": TermSpec(crd, make_aux=make_crd),
+    "crd": TermSpec(crd, make_aux=make_crd, takes_split_labels=True),
     "adversarial": TermSpec(adversarial, make_aux=make_adversarial, own_optimizer=True),
 }

@@ -1,9 +1,12 @@
-"""Loss library: float64 NumPy references, hand-derived values, gradients, errors, tracing.
+"""Loss library: float64 NumPy references, hand-derived values, gradients, errors, tracing;
+and the terms whose recipe the reference code fixes (DKD + logit standardisation, AT over
+stage pairs of different sizes, CRD's memory and other-class negatives).
 
 The references below are written independently of the library (loops and plain NumPy in
 float64); the library computes in float32, hence the tolerances.
 """
 
+import dataclasses
 import functools
 import math
 
@@ -11,9 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax.test_util import check_grads
 
 from jaxdistill import losses as L
+from jaxdistill import terms
+from jaxdistill.objective import Objective, Term, build_objective
+from jaxdistill.terms import Views
 
 RTOL, ATOL = 2e-5, 2e-6
 
@@ -117,6 +124,35 @@ def ref_dkd(s, t, y, alpha, beta, tau):
     return np.array(out)
 
 
+def ref_dkd_official(s, t, y, alpha, beta, tau, logit_stand=False):
+    """`dkd_loss` of Sun et al.'s mdistiller fork (mdistiller/distillers/DKD.py), transcribed
+    in float64: normalize (unbiased std, + 1e-7) when logit_stand, then / tau, the gt mask from
+    the labels, TCKD on cat_mask'ed probabilities, NCKD with 1000 subtracted from the target
+    entry, kl_div(size_average=False) / B. A batch scalar (as torch returns it)."""
+    s, t = np.asarray(s, np.float64), np.asarray(t, np.float64)
+    if logit_stand:
+        s, t = ref_standardize(s), ref_standardize(t)
+    gt = np.zeros_like(s)
+    gt[np.arange(len(y)), y] = 1.0
+
+    def log_softmax(x):
+        x = x - x.max(1, keepdims=True)
+        return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+    softmax = lambda x: np.exp(log_softmax(x))
+
+    def kl_div(log_q, p):  # torch: sum p (log p - log q), 0 where p == 0
+        safe = np.where(p > 0, p, 1.0)
+        return np.sum(np.where(p > 0, safe * (np.log(safe) - log_q), 0.0))
+
+    ps, pt = softmax(s / tau), softmax(t / tau)
+    cat = lambda p: np.stack([(p * gt).sum(1), (p * (1 - gt)).sum(1)], axis=1)
+    tckd = kl_div(np.log(cat(ps)), cat(pt)) * tau**2 / len(y)
+    pt2 = softmax(t / tau - 1000.0 * gt)  # exp(-1000) is 0 in float64: the target drops out
+    nckd = kl_div(log_softmax(s / tau - 1000.0 * gt), pt2) * tau**2 / len(y)
+    return alpha * tckd + beta * nckd
+
+
 def ref_hint(s, t):
     s, t = np.asarray(s, np.float64), np.asarray(t, np.float64)
     return np.array([np.mean((s[i] - t[i]) ** 2) for i in range(s.shape[0])])
@@ -136,6 +172,32 @@ def ref_at_map(f, p):
 
 def ref_at(s, t, p):
     return np.mean((ref_at_map(s, p) - ref_at_map(t, p)) ** 2, axis=1)
+
+
+def ref_adaptive_avg_pool(f, out_h, out_w):
+    """torch.nn.functional.adaptive_avg_pool2d on NHWC, by its bin formula:
+    [floor(i * H / out), ceil((i + 1) * H / out)) per output row (and column)."""
+    f = np.asarray(f, np.float64)
+    b, h, w, c = f.shape
+    out = np.zeros((b, out_h, out_w, c))
+    for i in range(out_h):
+        h0, h1 = (i * h) // out_h, math.ceil((i + 1) * h / out_h)
+        for j in range(out_w):
+            w0, w1 = (j * w) // out_w, math.ceil((j + 1) * w / out_w)
+            out[:, i, j] = f[:, h0:h1, w0:w1].mean(axis=(1, 2))
+    return out
+
+
+def ref_at_official(f_s, f_t, p=2):
+    """RepDistiller `Attention.at_loss` / mdistiller `single_stage_at_loss`, transcribed for
+    NHWC (square maps): the larger map pooled to (H, H) of the smaller, then
+    (at(f_s) - at(f_t)).pow(2).mean(), at(f) = normalize(f.pow(p).mean(channels)). A scalar."""
+    s_h, t_h = f_s.shape[1], f_t.shape[1]
+    if s_h > t_h:
+        f_s = ref_adaptive_avg_pool(f_s, t_h, t_h)
+    elif s_h < t_h:
+        f_t = ref_adaptive_avg_pool(f_t, s_h, s_h)
+    return float(np.mean((ref_at_map(f_s, p) - ref_at_map(f_t, p)) ** 2))
 
 
 def ref_sp(s, t):
@@ -224,6 +286,39 @@ def ref_crd_update(bank, idx, emb, momentum):
     return new
 
 
+def ref_crd_official(f_s, f_t, memory_s, memory_t, idx, contrast_idx, z_s, z_t, n, tau, m):
+    """RepDistiller `ContrastMemory.forward` + two `ContrastLoss`es (crd/memory.py,
+    crd/criterion.py) in float64, on already embedded f_s, f_t [B, D] and the sample indices
+    [B, K+1] (column 0 the positive). Z < 0 is set from this batch. Returns (loss, new
+    memory_s, new memory_t, Z_s, Z_t)."""
+    f_s, f_t = np.asarray(f_s, np.float64), np.asarray(f_t, np.float64)
+    mem_s, mem_t = np.array(memory_s, np.float64), np.array(memory_t, np.float64)
+    out_t = np.exp(np.einsum("bkd,bd->bk", mem_s[contrast_idx], f_t) / tau)  # teacher anchor
+    out_s = np.exp(np.einsum("bkd,bd->bk", mem_t[contrast_idx], f_s) / tau)  # student anchor
+    z_s = out_s.mean() * n if z_s < 0 else z_s
+    z_t = out_t.mean() * n if z_t < 0 else z_t
+
+    def contrast_loss(x):
+        bsz, k = x.shape[0], x.shape[1] - 1
+        pn, eps = 1.0 / n, 1e-7
+        log_d1 = np.log(x[:, 0] / (x[:, 0] + k * pn + eps))
+        log_d0 = np.log((k * pn) / (x[:, 1:] + k * pn + eps))
+        return -(log_d1.sum() + log_d0.sum()) / bsz
+
+    loss = contrast_loss(out_s / z_s) + contrast_loss(out_t / z_t)
+    for mem, f in ((mem_s, f_s), (mem_t, f_t)):
+        pos = mem[idx] * m + f * (1 - m)
+        mem[idx] = pos / np.sqrt((pos**2).sum(1, keepdims=True))
+    return loss, mem_s, mem_t, z_s, z_t
+
+
+def ref_cls_negative(split_labels, num_classes):
+    """`CIFAR100InstanceSample.cls_negative`: per class, every example of the other classes."""
+    cls_positive = [[i for i, y in enumerate(split_labels) if y == c] for c in range(num_classes)]
+    return [sorted(i for j in range(num_classes) if j != c for i in cls_positive[j])
+            for c in range(num_classes)]
+
+
 def unit_rows(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
@@ -275,6 +370,27 @@ def test_dkd_matches_reference(tau, alpha, beta):
     y = r.integers(0, 10, size=6).astype(np.int32)
     out = J.dkd_loss(s, t, y, alpha=alpha, beta=beta, temperature=tau)
     _close(out, ref_dkd(s, t, y, alpha, beta, tau), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+@pytest.mark.parametrize("tau,alpha,beta", [(4.0, 1.0, 8.0), (2.0, 9.0, 72.0)])
+def test_dkd_matches_official_code(standardize, tau, alpha, beta):
+    """The batch mean of `dkd_loss` is Sun et al.'s `dkd_loss(..., logit_stand)` (their fork
+    of mdistiller: logits z-scored first, then / tau, the target mask from the labels)."""
+    r = _rng(40)
+    s = (r.normal(size=(8, 10)) * 3 + 1).astype(np.float32)
+    t = (r.normal(size=(8, 10)) * 6).astype(np.float32)
+    y = r.integers(0, 10, size=8).astype(np.int32)
+    out = J.dkd_loss(s, t, y, alpha=alpha, beta=beta, temperature=tau, standardize=standardize)
+    assert out.shape == (8,)
+    _close(np.mean(out), ref_dkd_official(s, t, y, alpha, beta, tau, standardize), rtol=1e-4)
+    if standardize:  # per example: DKD of the standardised logits
+        _close(out, ref_dkd(ref_standardize(s), ref_standardize(t), y, alpha, beta, tau),
+               rtol=1e-4, atol=1e-5)
+        # invariant to each vector's shift and (positive) scale, as the z-score is
+        moved = J.dkd_loss(s * 3 + 5, t * 0.5 - 2, y, alpha=alpha, beta=beta, temperature=tau,
+                           standardize=True)
+        _close(moved, np.asarray(out, np.float64), rtol=1e-3, atol=1e-5)
 
 
 # ----------------------------------------------------------------- logits: hand-derived values
@@ -374,6 +490,37 @@ def test_attention_transfer_matches_reference(p):
     s = r.normal(size=(3, 4, 5, 6)).astype(np.float32)
     t = r.normal(size=(3, 4, 5, 9)).astype(np.float32)
     _close(J.attention_transfer_loss(s, t, p=p), ref_at(s, t, p), atol=1e-7)
+
+
+@pytest.mark.parametrize("hw_in,hw_out", [((8, 8), (4, 4)), ((7, 7), (3, 3)), ((5, 7), (2, 3)),
+                                          ((6, 4), (6, 1)), ((3, 3), (3, 3))])
+def test_adaptive_avg_pool_matches_torch_bins(hw_in, hw_out):
+    r = _rng(41)
+    f = r.normal(size=(2, *hw_in, 3)).astype(np.float32)
+    out = J.adaptive_avg_pool(f, size=hw_out)
+    assert out.shape == (2, *hw_out, 3)
+    _close(out, ref_adaptive_avg_pool(f, *hw_out), atol=1e-6)
+    # 3 -> 2 bins overlap: [0, 2) and [1, 3)
+    x = np.arange(3, dtype=np.float32).reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(np.asarray(J.adaptive_avg_pool(x, size=(2, 1)))[0, :, 0, 0],
+                               [0.5, 1.5])
+
+
+@pytest.mark.parametrize("s_hw,t_hw", [((8, 8), (4, 4)), ((4, 4), (8, 8)), ((7, 7), (3, 3)),
+                                       ((5, 5), (5, 5))])
+@pytest.mark.parametrize("p", [2, 1.5])
+def test_attention_transfer_pools_like_the_reference(s_hw, t_hw, p):
+    """Maps of different sizes: the larger feature map is average-pooled to the smaller
+    (RepDistiller `Attention.at_loss`, mdistiller `single_stage_at_loss`); the batch mean
+    is the reference's `.mean()`. Features post-ReLU as the references feed them (their
+    f.pow(p) is |f|^p there), signed too for p = 2."""
+    r = _rng(42)
+    s = r.normal(size=(3, *s_hw, 4)).astype(np.float32)
+    s = s if p == 2 else np.maximum(s, 0.0)
+    t = np.maximum(r.normal(size=(3, *t_hw, 6)), 0.0).astype(np.float32)
+    out = J.attention_transfer_loss(s, t, p=p)
+    assert out.shape == (3,)
+    _close(np.mean(out), ref_at_official(s, t, p), rtol=1e-4, atol=1e-8)
 
 
 def test_similarity_preserving_matches_reference():
@@ -486,6 +633,176 @@ def test_sample_negatives():
     assert plain.min() == 0 and plain.max() == n - 1
 
 
+def test_crd_bank_init_is_the_reference_uniform():
+    """ContrastMemory: rand(N, D) * 2 stdv - stdv, stdv = 1 / sqrt(D / 3), rows not normalised."""
+    n, d = 3000, 12
+    bank = np.asarray(L.crd_init_bank(jax.random.key(3), n, d))
+    stdv = 1.0 / math.sqrt(d / 3)
+    assert bank.shape == (n, d) and bank.dtype == np.float32
+    assert bank.min() >= -stdv and bank.max() <= stdv
+    assert bank.min() < -0.95 * stdv and bank.max() > 0.95 * stdv
+    norms = np.linalg.norm(bank, axis=1)
+    assert norms.std() > 0.05  # not normalised rows
+    np.testing.assert_allclose(np.mean(norms**2), 1.0, rtol=0.03)  # E||row||^2 = d stdv^2 / 3
+    np.testing.assert_allclose(np.mean(bank), 0.0, atol=0.01)
+
+
+def test_other_class_negatives_are_the_reference_pool_without_replacement():
+    """CIFAR100InstanceSample ('exact'): each row draws K distinct examples of
+    cls_negative[label], uniformly."""
+    r = _rng(43)
+    n, c, k = 60, 4, 12
+    split_labels = r.integers(0, c, size=n).astype(np.int32)
+    pools = ref_cls_negative(split_labels, c)
+    assert L.max_other_class_negatives(split_labels) == min(len(p) for p in pools)
+    labels = np.array([0, 1, 2, 3, 1, 0], np.int32)
+    sample = jax.jit(L.sample_other_class_negatives, static_argnums=3)
+    counts = np.zeros((len(labels), n))
+    draws = 300
+    for i in range(draws):
+        neg = np.asarray(sample(jax.random.key(i), labels, split_labels, k))
+        assert neg.shape == (len(labels), k) and neg.dtype == np.int32
+        for row, y in zip(neg, labels):
+            assert len(set(row.tolist())) == k  # without replacement
+            assert set(row.tolist()) <= set(pools[y])  # other classes only
+        np.add.at(counts, (np.arange(len(labels))[:, None], neg), 1)
+    for i, y in enumerate(labels):  # each pool member drawn with probability K / |pool|
+        expected = draws * k / len(pools[y])
+        member = np.isin(np.arange(n), pools[y])
+        assert np.all(counts[i, ~member] == 0)
+        assert np.all(np.abs(counts[i, member] - expected) < 5 * math.sqrt(expected))
+    # K = the smallest pool: that row is a permutation of its whole pool
+    smallest = int(np.argmin([len(p) for p in pools]))
+    full = np.asarray(sample(jax.random.key(0), np.array([smallest], np.int32), split_labels,
+                             len(pools[smallest])))
+    assert sorted(full[0].tolist()) == pools[smallest]
+
+
+def _crd_views(r, b, n, c):
+    labels = r.integers(0, c, size=b).astype(np.int32)
+    s = jnp.asarray(r.normal(size=(b, 6)), jnp.float32)
+    t = jnp.asarray(r.normal(size=(b, 9)), jnp.float32)
+    idx = jnp.asarray(r.choice(n, size=b, replace=False), jnp.int32)
+    return Views(jnp.zeros((b, c)), {"embedding": s}, jnp.zeros((b, c)), {"embedding": t},
+                 jnp.asarray(labels), idx)
+
+
+def test_crd_term_matches_the_reference_with_other_class_negatives():
+    """The `crd` term on the split's labels: negatives from other classes, banks initialised
+    as ContrastMemory, value and bank updates equal to RepDistiller's CRDLoss forward in
+    float64 on the same embeddings and sample indices (two steps: Z set, then kept)."""
+    r = _rng(44)
+    b, n, c, k, dim, tau, m = 8, 50, 3, 10, 16, 0.1, 0.5
+    split_labels = r.integers(0, c, size=n).astype(np.int32)
+    views = _crd_views(r, b, n, c)
+    split_labels[np.asarray(views.indices)] = np.asarray(views.labels)
+    hp = {"dim": dim, "num_negatives": k, "temperature": tau, "momentum": m}
+    heads, state = terms.make_crd(views, nnx.Rngs(0), n, **hp, split_labels=split_labels)
+    assert set(state) == {"student_bank", "teacher_bank", "student_z", "teacher_z",
+                          "split_labels"}
+    np.testing.assert_array_equal(state["split_labels"], split_labels)
+    stdv = 1.0 / math.sqrt(dim / 3)
+    for bank in (state["student_bank"], state["teacher_bank"]):
+        assert np.abs(np.asarray(bank)).max() <= stdv
+        assert np.linalg.norm(np.asarray(bank), axis=1).std() > 0.01  # not normalised
+    f_s = np.asarray(heads["student"](views.student_features["embedding"]))
+    f_t = np.asarray(heads["teacher"](views.teacher_features["embedding"]))
+    mem_s, mem_t, z_s, z_t = state["student_bank"], state["teacher_bank"], -1.0, -1.0
+    pools = ref_cls_negative(split_labels, c)
+    for step in range(2):
+        rng = jax.random.key(10 + step)
+        out = terms.crd(views, **hp, aux=terms.AuxIO(heads, state, rng, n))
+        neg = np.asarray(L.sample_other_class_negatives(rng, views.labels, split_labels, k))
+        for row, y in zip(neg, np.asarray(views.labels)):
+            assert set(row.tolist()) <= set(pools[y]) and len(set(row.tolist())) == k
+        contrast_idx = np.concatenate([np.asarray(views.indices)[:, None], neg], axis=1)
+        loss, mem_s, mem_t, z_s, z_t = ref_crd_official(
+            f_s, f_t, mem_s, mem_t, np.asarray(views.indices), contrast_idx, z_s, z_t, n, tau, m)
+        _close(np.mean(out.value), loss, rtol=1e-4)
+        state = out.state
+        _close(state["student_bank"], mem_s, atol=1e-6)
+        _close(state["teacher_bank"], mem_t, atol=1e-6)
+        _close(state["student_z"], z_s, rtol=1e-5)
+        _close(state["teacher_z"], z_t, rtol=1e-5)
+        np.testing.assert_array_equal(state["split_labels"], split_labels)
+
+
+def test_crd_negatives_options():
+    r = _rng(45)
+    b, n, c = 4, 30, 3
+    views = _crd_views(r, b, n, c)
+    split_labels = r.integers(0, c, size=n).astype(np.int32)
+    make = functools.partial(terms.make_crd, views, nnx.Rngs(0), n, dim=8, num_negatives=5)
+    # 'auto': other classes when the split's labels are given, else uniform (no label table)
+    assert "split_labels" in make(split_labels=split_labels)[1]
+    assert "split_labels" not in make()[1]
+    assert "split_labels" not in make(negatives="uniform", split_labels=split_labels)[1]
+    heads, state = make(negatives="uniform")
+    out = terms.crd(views, dim=8, num_negatives=5, negatives="uniform",
+                    aux=terms.AuxIO(heads, state, jax.random.key(0), n))
+    assert out.value.shape == (b,) and set(out.state) == set(state)
+    with pytest.raises(ValueError, match="negatives='other_class' needs the training split's"):
+        make(negatives="other_class")
+    with pytest.raises(ValueError, match=r"negatives must be one of \('auto', 'other_class', "):
+        make(negatives="others")
+    most = L.max_other_class_negatives(split_labels)
+    with pytest.raises(ValueError, match=f"num_negatives={most + 1} exceeds the {most} examples"):
+        terms.make_crd(views, nnx.Rngs(0), n, dim=8, num_negatives=most + 1,
+                       split_labels=split_labels)
+    with pytest.raises(ValueError, match=r"one label per training example \(30\), got shape"):
+        make(split_labels=split_labels[:-1])
+    # through the objective: a term whose make_aux is given the split's labels
+    spec = dataclasses.replace(terms.TERMS["crd"],
+                               make_aux=functools.partial(terms.make_crd, split_labels=split_labels))
+    objective = Objective((Term("crd", spec, 0.8, 0, (("dim", 8), ("num_negatives", 5))),))
+    objective = objective.bind(views, num_data=n)
+    params, aux_state = objective.init_aux(views, jax.random.key(1))
+    total, values, new_state = objective(views, jnp.int32(0), params, aux_state,
+                                         jax.random.key(2))
+    assert np.isfinite(total) and "split_labels" in new_state["crd"]
+    np.testing.assert_allclose(total, 0.8 * values["crd"], rtol=1e-6)
+
+
+# ----------------------------------------------------------------- terms: AT over stage pairs
+
+
+def test_at_term_sums_stage_pairs_of_different_sizes():
+    """One `at` term over three stage pairs (the teacher's maps twice the student's size for
+    two of them) is the reference's sum of per-stage losses (mdistiller `at_loss`), with the
+    stage names checked against the models; the single-name form still works."""
+    r = _rng(46)
+    b = 4
+    s_feats = {f"stage{i}": jnp.asarray(np.abs(r.normal(size=(b, hw, hw, 3))), jnp.float32)
+               for i, hw in ((1, 8), (2, 4), (3, 2))}
+    t_feats = {f"stage{i}": jnp.asarray(np.abs(r.normal(size=(b, hw, hw, 5))), jnp.float32)
+               for i, hw in ((1, 16), (2, 8), (3, 2))}
+    views = Views(jnp.zeros((b, 3)), s_feats, jnp.zeros((b, 3)), t_feats,
+                  jnp.zeros(b, jnp.int32), teachers={"teacher": (jnp.zeros((b, 3)), t_feats)})
+    names = ("stage1", "stage2", "stage3")
+    objective = build_objective({"at": {"weight": 1000.0, "student_feature": list(names),
+                                        "teacher_feature": names}}, has_teacher=True)
+    objective.check_models(views)
+    total, values, _ = objective(views, jnp.int32(0))
+    expected = sum(ref_at_official(np.asarray(s_feats[k]), np.asarray(t_feats[k])) for k in names)
+    _close(values["at"], expected, rtol=1e-4)
+    np.testing.assert_allclose(total, 1000.0 * values["at"], rtol=1e-6)
+    single = build_objective({"at": {"student_feature": "stage2", "teacher_feature": "stage2"}},
+                             has_teacher=True)
+    _close(single(views, jnp.int32(0))[1]["at"],
+           ref_at_official(np.asarray(s_feats["stage2"]), np.asarray(t_feats["stage2"])),
+           rtol=1e-4)
+    missing = build_objective({"at": {"student_feature": ("stage1", "stage9"),
+                                      "teacher_feature": ("stage1", "stage2")}}, has_teacher=True)
+    with pytest.raises(ValueError, match="config.objective.at.student_feature: the student model "
+                                         "has no feature 'stage9'"):
+        missing.check_models(views)
+    uneven = build_objective({"at": {"student_feature": ("stage1", "stage2"),
+                                     "teacher_feature": "stage2"}}, has_teacher=True)
+    with pytest.raises(ValueError, match=r"config.objective.at: student_feature \('stage1', "
+                                         r"'stage2'\) and teacher_feature 'stage2' must be one"):
+        uneven(views, jnp.int32(0))
+
+
 # ----------------------------------------------------------------- gradients (float64)
 
 
@@ -507,8 +824,10 @@ def _grad_cases():
         "jsd": (lambda a: L.jsd(a, t, beta=0.3), s),
         "tvd": (lambda a: L.tvd(a, t), s),
         "dkd": (lambda a: L.dkd_loss(a, t, y), s),
+        "dkd_standardized": (lambda a: L.dkd_loss(a, t, y, standardize=True), s),
         "hint": (lambda a: L.hint_loss(a, f_s), f_s + 0.3),
         "at": (lambda a: L.attention_transfer_loss(a, f_t), f_s),
+        "at_pooled": (lambda a: L.attention_transfer_loss(a, f_t[:, :2, :2]), f_s),
         "sp": (lambda a: L.similarity_preserving_loss(a, f_t), f_s),
         "rkd": (lambda a: L.rkd_loss(a, e_t), e_s),
         "pkt": (lambda a: L.pkt_loss(a, e_t), e_s),
@@ -627,8 +946,19 @@ ERROR_CASES = [
     ),
     (
         "at spatial",
-        lambda: L.attention_transfer_loss(np.zeros((2, 4, 4, 3)), np.zeros((2, 2, 2, 3))),
-        r"\(2, 4, 4, 3\).*\(2, 2, 2, 3\)",
+        lambda: L.attention_transfer_loss(np.zeros((2, 4, 2, 3)), np.zeros((2, 2, 4, 3))),
+        (r"neither is at least as large in both axes: student_features\.shape=\(2, 4, 2, 3\) "
+         r"and teacher_features\.shape=\(2, 2, 4, 3\)"),
+    ),
+    (
+        "at batch",
+        lambda: L.attention_transfer_loss(np.zeros((2, 4, 4, 3)), np.zeros((3, 2, 2, 3))),
+        r"equal batch sizes.*\(2, 4, 4, 3\).*\(3, 2, 2, 3\)",
+    ),
+    (
+        "pool size",
+        lambda: L.adaptive_avg_pool(np.zeros((2, 4, 4, 3)), (5, 2)),
+        r"no larger than theirs, got features\.shape=\(2, 4, 4, 3\) and size=\(5, 2\)",
     ),
     (
         "at rank",
@@ -688,6 +1018,21 @@ ERROR_CASES = [
         r"\(9, 4\).*\(2, 3\)",
     ),
     ("negatives", lambda: L.sample_negatives(jax.random.key(0), 2, 0, 10, None), "num_negatives"),
+    (
+        "other-class pool",
+        lambda: L.sample_other_class_negatives(
+            jax.random.key(0), np.zeros(2, np.int32), np.array([0, 0, 1, 1, 2], np.int32), 4
+        ),
+        r"num_negatives=4 exceeds the 3 examples of other classes",
+    ),
+    (
+        "other-class labels",
+        lambda: L.sample_other_class_negatives(
+            jax.random.key(0), np.zeros(2), np.zeros(5, np.int32), 2
+        ),
+        "labels must be integer",
+    ),
+    ("bank dim", lambda: L.crd_init_bank(jax.random.key(0), 10, 0), "dim must be a positive"),
 ]
 
 

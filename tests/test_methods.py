@@ -89,15 +89,16 @@ def test_aux_state_survives_resume(method, teacher, tmp_path):
 
 
 @pytest.mark.parametrize("method, field, value, message", [
-    ("at", "student_feature", "stage9",
+    ("at", "student_feature", ("stage1", "stage9"),
      "config.objective.at.student_feature: the student model has no feature 'stage9'"),
     ("sp", "teacher_feature", "logits",
      "config.objective.sp.teacher_feature: the teacher model has no feature 'logits'"),
     ("fitnet", "student_feature", "stage1",
      ("config.objective.hint: student feature (32, 4, 4, 8) and teacher feature "
       "(32, 2, 2, 16) differ in more than the channel axis")),
-    ("at", "teacher_feature", "stage1",
-     "config.objective.at: "),
+    ("at", "teacher_feature", ("stage2",),
+     ("config.objective.at: student_feature ('stage1', 'stage2') and teacher_feature "
+      "('stage2',) must be one name each or as many names each")),
     ("crd", "num_negatives", 5000, "config.objective.crd: num_negatives must be in [1, 1436]"),
 ])
 def test_invalid_method_settings_fail_before_compiling(method, field, value, message, teacher):
@@ -108,6 +109,19 @@ def test_invalid_method_settings_fail_before_compiling(method, field, value, mes
     with pytest.raises(ValueError) as e:
         prepare_run(config)
     assert message in str(e.value)
+
+
+def test_at_pairs_stages_of_different_sizes(teacher):
+    """AT from the teacher's 4x4 stage1 onto the student's 2x2 stage2 (the larger map is
+    pooled, as the reference does) and over both stages at once trace in the real step."""
+    from jaxdistill.run_setup import prepare_run
+    for s_names, t_names in ((("stage2",), ("stage1",)), (("stage1", "stage2"),) * 2):
+        config = _config("at", teacher)
+        config.objective.at.student_feature = s_names
+        config.objective.at.teacher_feature = t_names
+        setup = prepare_run(config)
+        (term,) = [t for t in setup.ctx.objective.terms if t.name == "at"]
+        assert dict(term.hparams)["student_feature"] == s_names
 
 
 def test_two_teachers_train_end_to_end(teacher, tmp_path):

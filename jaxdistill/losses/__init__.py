@@ -2,13 +2,17 @@
 
 from jaxdistill.losses.adversarial import discriminator_loss, generator_loss
 from jaxdistill.losses.contrastive import (
+    crd_init_bank,
     crd_nce_loss,
     crd_normalizer,
     crd_scores,
     crd_update_bank,
+    max_other_class_negatives,
     sample_negatives,
+    sample_other_class_negatives,
 )
 from jaxdistill.losses.features import (
+    adaptive_avg_pool,
     attention_distribution_loss,
     attention_map,
     attention_transfer_loss,
@@ -33,9 +37,11 @@ from jaxdistill.losses.logits import (
 )
 
 __all__ = [
+    "adaptive_avg_pool",
     "attention_distribution_loss",
     "attention_map",
     "attention_transfer_loss",
+    "crd_init_bank",
     "crd_nce_loss",
     "crd_normalizer",
     "crd_scores",
@@ -49,11 +55,13 @@ __all__ = [
     "jsd",
     "kd_loss",
     "l2_normalize",
+    "max_other_class_negatives",
     "pkt_loss",
     "reverse_kl",
     "rkd_loss",
     "safe_l2_norm",
     "sample_negatives",
+    "sample_other_class_negatives",
     "similarity_preserving_loss",
     "skew_kl",
     "skew_reverse_kl",

@@ -2,16 +2,19 @@
 
 Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020, following the
 official code (RepDistiller `crd/memory.py` ContrastMemory, `crd/criterion.py` ContrastLoss).
-The caller owns the state: the memory bank [N, D] (one L2-normalised row per training example),
-the normaliser Z (set once from the first batch with `crd_normalizer`, then kept fixed, as the
+The caller owns the state: the memory bank [N, D] (one row per training example, drawn
+uniformly by `crd_init_bank` and L2-normalised by each momentum update), the normaliser Z (set once from the first batch with `crd_normalizer`, then kept fixed, as the
 official code does) and the rng. One CRD direction per call: the official loss sums two, the
 student anchor against the teacher bank and the teacher anchor against the student bank.
 """
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdistill.losses.features import l2_normalize
 from jaxdistill.losses.logits import _as_float, _check_interval, _check_positive
@@ -31,10 +34,22 @@ def _check_indices(name: str, indices, shape: tuple) -> None:
         raise ValueError(f"{name} must be integer indices, got dtype {jnp.result_type(indices)}")
 
 
+def crd_init_bank(rng, num_data: int, dim: int) -> jax.Array:
+    """[num_data, dim] float32 memory rows uniform in [-1/sqrt(dim/3), 1/sqrt(dim/3)], not
+    normalised: the `memory_v1` / `memory_v2` buffers of RepDistiller's `ContrastMemory`
+    (each row has E||row||^2 = 1; a row is normalised when its example first updates it)."""
+    _check_num_data(num_data)
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise ValueError(f"dim must be a positive Python int, got {dim!r}")
+    stdv = 1.0 / math.sqrt(dim / 3.0)
+    return jax.random.uniform(rng, (num_data, dim), jnp.float32, minval=-stdv, maxval=stdv)
+
+
 def crd_scores(anchor, bank, pos_indices, neg_indices, temperature: float = 0.07) -> jax.Array:
     """[B, K+1] unnormalised scores exp(<bank[idx], anchor> / tau), idx = [pos, negs...].
 
-    `anchor` [B, D] and the `bank` rows [N, D] are L2-normalised by the caller; `pos_indices`
+    `anchor` [B, D] is L2-normalised by the caller, the `bank` rows [N, D] are as the memory holds
+them (`crd_init_bank`, then `crd_update_bank`); `pos_indices`
     [B] and `neg_indices` [B, K] index the bank. The gathered bank rows are under stop_gradient
     (the official memory is a buffer), so gradients reach the anchor only.
     """
@@ -130,3 +145,43 @@ def sample_negatives(
     draws = jax.random.randint(rng, shape, 0, num_data - 1, dtype=jnp.int32)
     pos = jnp.asarray(pos_indices, jnp.int32)[:, None]
     return draws + (draws >= pos).astype(jnp.int32)
+
+
+def max_other_class_negatives(split_labels) -> int:
+    """The most negatives `sample_other_class_negatives` draws without replacement for every
+    class of `split_labels` (concrete [N]): N minus the size of the largest class."""
+    labels = np.asarray(split_labels)
+    if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"split_labels must be a non-empty 1-D array of integer class ids, got "
+                         f"shape {labels.shape} and dtype {labels.dtype}")
+    return int(labels.size - np.unique(labels, return_counts=True)[1].max())
+
+
+def sample_other_class_negatives(rng, labels, split_labels, num_negatives: int) -> jax.Array:
+    """[B, K] int32 negatives: for each row, K distinct examples of classes other than its label.
+
+    RepDistiller's `CIFAR100InstanceSample` (mode 'exact'): `np.random.choice(cls_negative[y],
+    K, replace=False)`, where cls_negative[y] holds every training example whose label is not
+    y. `labels` [B] are the batch's labels and `split_labels` [N] those of the whole training
+    split (index i = example i). Each row is a uniformly random K-subset of its pool, in random
+    order: the K largest of N random 32-bit keys, the same-class keys set to 0. K must not
+    exceed the smallest pool (`max_other_class_negatives`; the reference then draws with
+    replacement): checked when `split_labels` is concrete. O(B N) work per call.
+    """
+    if not isinstance(num_negatives, int) or isinstance(num_negatives, bool) or num_negatives < 1:
+        raise ValueError(f"num_negatives must be a positive Python int, got {num_negatives!r}")
+    b_shape, n_shape = jnp.shape(labels), jnp.shape(split_labels)
+    if len(b_shape) != 1 or len(n_shape) != 1:
+        raise ValueError(f"labels [B] and split_labels [N] must be 1-D, got labels.shape={b_shape} "
+                         f"and split_labels.shape={n_shape}")
+    _check_indices("labels", labels, b_shape)
+    _check_indices("split_labels", split_labels, n_shape)
+    if not isinstance(split_labels, jax.core.Tracer):
+        most = max_other_class_negatives(split_labels)
+        if num_negatives > most:
+            raise ValueError(f"num_negatives={num_negatives} exceeds the {most} examples of other "
+                             "classes than the largest class of the split")
+    keys = jax.random.bits(rng, (b_shape[0], n_shape[0]), jnp.uint32) | jnp.uint32(1)
+    same = jnp.asarray(split_labels)[None, :] == jnp.asarray(labels)[:, None]
+    _, idx = jax.lax.top_k(jnp.where(same, jnp.uint32(0), keys), num_negatives)
+    return idx.astype(jnp.int32)

@@ -72,20 +72,61 @@ def attention_map(features, p: float = 2) -> jax.Array:
     return l2_normalize(jnp.mean(jnp.abs(f) ** p, axis=-1).reshape(f.shape[0], -1))
 
 
+def _pool_axis(x: jax.Array, axis: int, size: int) -> jax.Array:
+    """Adaptive average pooling of one axis to `size` bins, as torch's adaptive_avg_pool:
+    bin i averages [floor(i n / size), ceil((i + 1) n / size)) of the n input positions."""
+    n = x.shape[axis]
+    if n == size:
+        return x
+    if n % size == 0:  # equal, disjoint bins
+        shape = (*x.shape[:axis], size, n // size, *x.shape[axis + 1:])
+        return jnp.mean(x.reshape(shape), axis=axis + 1)
+    bins = [jnp.mean(jax.lax.slice_in_dim(x, (i * n) // size, -((-(i + 1) * n) // size),
+                                          axis=axis), axis=axis, keepdims=True)
+            for i in range(size)]
+    return jnp.concatenate(bins, axis=axis)
+
+
+def adaptive_avg_pool(features, size: tuple[int, int]) -> jax.Array:
+    """NHWC adaptive average pooling to `size` = (H', W'), H' <= H and W' <= W, with the bins
+    of torch's `F.adaptive_avg_pool2d` (overlapping when H is not a multiple of H')."""
+    f = _as_float(features)
+    if f.ndim != 4 or not (0 < size[0] <= f.shape[1] and 0 < size[1] <= f.shape[2]):
+        raise ValueError(f"adaptive_avg_pool takes NHWC features and an output size no larger "
+                         f"than theirs, got features.shape={f.shape} and size={tuple(size)}")
+    return _pool_axis(_pool_axis(f, 1, size[0]), 2, size[1])
+
+
 def attention_transfer_loss(student_features, teacher_features, p: float = 2) -> jax.Array:
     """Attention transfer: per example, mean over positions of (a_s - a_t)^2.
 
     Zagoruyko & Komodakis, "Paying More Attention to Attention", ICLR 2017, as in the
-    RepDistiller `Attention` loss. Features are NHWC; the channel counts may differ, batch and
-    spatial sizes must match. a = `attention_map(F, p)`.
+    RepDistiller `Attention.at_loss` and mdistiller `single_stage_at_loss`: features are NHWC
+    with equal batch sizes (the channel counts may differ); a = `attention_map(F, p)`. When the
+    spatial sizes differ, the larger *feature map* is first average-pooled to the smaller one's
+    (H, W) (`adaptive_avg_pool`), as the reference does (it pools to (H, H) of the smaller map:
+    the same for the square maps of CNNs). A map larger in one axis and smaller in the other
+    is refused.
     """
     s_shape, t_shape = jnp.shape(student_features), jnp.shape(teacher_features)
-    if len(s_shape) != 4 or len(t_shape) != 4 or s_shape[:3] != t_shape[:3]:
+    if len(s_shape) != 4 or len(t_shape) != 4 or s_shape[0] != t_shape[0]:
         raise ValueError(
-            "student_features and teacher_features must be NHWC with equal batch and spatial "
-            f"sizes, got student_features.shape={s_shape} and teacher_features.shape={t_shape}"
+            "student_features and teacher_features must be NHWC with equal batch sizes, got "
+            f"student_features.shape={s_shape} and teacher_features.shape={t_shape}"
         )
     _check_positive("p", p)
+    s_hw, t_hw = tuple(s_shape[1:3]), tuple(t_shape[1:3])
+    if s_hw != t_hw:
+        if s_hw[0] >= t_hw[0] and s_hw[1] >= t_hw[1]:
+            student_features = adaptive_avg_pool(student_features, t_hw)
+        elif s_hw[0] <= t_hw[0] and s_hw[1] <= t_hw[1]:
+            teacher_features = adaptive_avg_pool(teacher_features, s_hw)
+        else:
+            raise ValueError(
+                "attention transfer pools the larger feature map to the smaller one, but neither "
+                f"is at least as large in both axes: student_features.shape={s_shape} and "
+                f"teacher_features.shape={t_shape}"
+            )
     diff = attention_map(student_features, p) - attention_map(teacher_features, p)
     return jnp.mean(jnp.square(diff), axis=-1)
 

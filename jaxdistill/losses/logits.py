@@ -214,6 +214,7 @@ def dkd_loss(
     alpha: float = 1.0,
     beta: float = 8.0,
     temperature: float = 4.0,
+    standardize: bool = False,
 ) -> jax.Array:
     """Decoupled KD: alpha * TCKD + beta * NCKD per example (Zhao et al., CVPR 2022).
 
@@ -223,9 +224,16 @@ def dkd_loss(
     subtracts 1000 from the target entry of logits / tau before (log_)softmax; here the target
     entry is set to -inf instead, which is that construction without its exp(-1000) residual
     (and its gradient leak), and `_kl` treats the resulting p = 0 entry as 0 log 0 = 0.
+    With `standardize=True` both logit vectors are first z-scored (`standardize_logits`), then
+    divided by tau and masked by the labels, as `dkd_loss(..., logit_stand=True)` of Sun et al.,
+    "Logit Standardization in Knowledge Distillation", CVPR 2024 (their mdistiller fork).
     Needs at least 2 classes; returns `labels.shape`.
     """
     _check_labels(student_logits, labels, name="student_logits", min_classes=2)
+    _check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    if standardize:
+        student_logits = standardize_logits(student_logits)
+        teacher_logits = standardize_logits(teacher_logits)
     log_p_s, log_p_t = _log_softmax_pair(student_logits, teacher_logits, temperature)
     num_classes = log_p_s.shape[-1]
     target_mask = jax.nn.one_hot(labels, num_classes, dtype=jnp.bool_)
