@@ -32,14 +32,15 @@ teacher and batch in both forms, so the forms' first losses agree).
 
 Timing: `--warmup` steps, then `--repeats` chunks of `--steps` steps each; one
 `jax.block_until_ready` per chunk (no host sync inside it); per-step time = chunk / steps;
-the table reports the median and p10/p90 over chunks. The modes of one (pair, batch size)
-are compiled together and take turns chunk by chunk, with the peak matmul, so a change in
+the table reports the median and p10/p90 over chunks. The modes of one (pair, batch size,
+loss form) are compiled together and take turns chunk by chunk, with the peak matmul, so a change in
 machine load hits them all alike.
 
 FLOPs per step come from XLA's `cost_analysis()` of the compiled step (per device, times the
 devices of the mesh), or, where that count is under 90% of the step's matmul + convolution
-FLOPs counted from its jaxpr (GPU: XLA leaves cuBLAS / cuDNN calls partly uncounted), from that
-count (`jaxdistill.flops`); `flops_source` says which ('compiled' | 'dot_conv'). The peak
+FLOPs counted from its jaxpr (GPU: XLA leaves cuBLAS / cuDNN calls partly uncounted; CPU: the
+chunked LM steps, whose scan body XLA counts once, not once per chunk), from that count
+(`jaxdistill.flops`); `flops_source` says which ('compiled' | 'dot_conv'). The peak
 FLOP/s is a jitted [d*N, N] @ [N, N] matmul (`--peak_size` N) in the step's dtype, its rows
 split over the same mesh's d data shards, timed in turn with each group;
 `fraction_of_peak` = achieved / peak. kd_online and kd_offline records carry `kd_time_ratio`
@@ -576,6 +577,8 @@ def run(pair_names, modes, batch_sizes=(), *, dtype="float32", warmup=None, step
     # the KD modes' ratios need the student's time, kd_online's ideal the teacher's FLOPs
     needed = (set(wanted) | ({"student"} if set(KD_MODES) & set(wanted) else set())
               | ({"teacher_forward"} if "kd_online" in wanted else set()))
+    if memory_only:  # no ratios
+        needed = set(wanted)
     mesh = parallel.make_mesh((-1, 1), ("data", "model"))
     if not peak_size:
         peak_size = 2048 if jax.default_backend() == "cpu" else 8192
