@@ -92,6 +92,7 @@ PAIRS: dict[str, Pair] = {
                      quick_timing=(("warmup", 1), ("steps", 2), ("repeats", 5))),
 }
 
+DEFAULT_PAIRS = ("mlp", "resnet", "vit", "lm")  # --pairs' default (lm_quick is lm's quick form)
 CONFIG_MODES = ("student", "kd_online", "feature", "kd_offline")
 
 

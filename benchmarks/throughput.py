@@ -101,7 +101,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """The command-line flags (defined by `main`'s caller only, so that importing this
     module next to another benchmark defines nothing twice)."""
-    flags.DEFINE_list("pairs", list(pairs_lib.PAIRS), f"pairs to measure: {list(pairs_lib.PAIRS)}")
+    flags.DEFINE_list("pairs", list(pairs_lib.DEFAULT_PAIRS),
+                      f"pairs to measure: {list(pairs_lib.PAIRS)}")
     flags.DEFINE_list("modes", list(MODES), f"modes to measure: {list(MODES)}")
     flags.DEFINE_list("batch_sizes", [], "global batch sizes: N (every pair) or PAIR:N (that "
                       "pair only, in place of the plain entries); none = each pair's own "
