@@ -67,6 +67,7 @@ class Term:
     aux_def: Any = None   # graphdef of the term's aux module, set by `Objective.bind`
     num_data: int = 0     # examples in the training split, set by `Objective.bind`
     teacher_name: str = PRIMARY  # which teacher the term distils from (or MEAN)
+    split_labels: Any = dataclasses.field(default=None, compare=False)  # set by `bind`
 
     def weight_at(self, step: jax.Array) -> jax.Array:
         """Constant weight, or a linear ramp from 0 over `warmup_steps`."""
@@ -91,7 +92,8 @@ class Term:
     def make_aux(self, views: Views, rngs: nnx.Rngs):
         """The term's aux module and running state, sized from abstract `views`."""
         shapes = jax.eval_shape(self.views_for, views)
-        return self.spec.make_aux(shapes, rngs, self.num_data, **dict(self.hparams))
+        extra = {} if self.split_labels is None else {"split_labels": self.split_labels}
+        return self.spec.make_aux(shapes, rngs, self.num_data, **extra, **dict(self.hparams))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,12 +136,19 @@ class Objective:
                         raise ValueError(f"config.objective.{term.name}.{field}: the {side} model "
                                          f"has no feature '{name}'; it has {sorted(available)}")
 
-    def bind(self, views: Views, num_data: int) -> Objective:
-        """Fixes the aux modules' structure from abstract `views` (shapes only)."""
+    @property
+    def needs_split_labels(self) -> bool:
+        """Whether a term's aux parts take the training split's labels (CRD's negatives)."""
+        return any(t.spec.takes_split_labels for t in self.terms)
+
+    def bind(self, views: Views, num_data: int, split_labels=None) -> Objective:
+        """Fixes the aux modules' structure from abstract `views` (shapes only); terms that
+        take them get the training split's labels `split_labels` [num_data] (or None)."""
         terms = []
         for term in self.terms:
             if term.spec.make_aux is not None:
-                term = dataclasses.replace(term, num_data=num_data)
+                term = dataclasses.replace(term, num_data=num_data, split_labels=(
+                    split_labels if term.spec.takes_split_labels else None))
                 try:
                     module = nnx.eval_shape(lambda t=term: t.make_aux(views, nnx.Rngs(0))[0])
                 except ValueError as e:

@@ -198,7 +198,10 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
                             abstract_batch(task, info, config.batch_size, teacher_store),
                             teacher_store)
     objective.check_models(views)
-    objective = objective.bind(views, num_data=info.splits[config.data.train_split])
+    split_labels = (data.split_labels(info, config.data.train_split)
+                    if objective.needs_split_labels and config.data.labeled else None)
+    objective = objective.bind(views, num_data=info.splits[config.data.train_split],
+                               split_labels=split_labels)
     own = {t.name: float(dict(t.hparams).get("learning_rate", 1e-4))
            for t in objective.aux_terms if t.spec.own_optimizer}
     tx, schedule = make_optimizer(config.optimizer, config.num_steps, own)

@@ -2,7 +2,13 @@
 per-process rows of global batches."""
 
 from jaxdistill.data.pipeline import make_eval_iterator, make_train_iterator
-from jaxdistill.data.source import DatasetInfo, default_data_dir, prepare, prepare_from_config
+from jaxdistill.data.source import (
+    DatasetInfo,
+    default_data_dir,
+    prepare,
+    prepare_from_config,
+    split_labels,
+)
 from jaxdistill.data.tokenizer import decode, load_tokenizer
 
 __all__ = [
@@ -14,4 +20,5 @@ __all__ = [
     "make_train_iterator",
     "prepare",
     "prepare_from_config",
+    "split_labels",
 ]

@@ -63,6 +63,20 @@ def tfds_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     return builder
 
 
+def split_labels(info: DatasetInfo, split: str) -> np.ndarray:
+    """[N] int32 labels of an image split, example i at index i (the order both readers
+    index), read once without decoding the images."""
+    builder = tfds_builder(info.tfds_name, info.data_dir)
+    skip = {"image": tfds.decode.SkipDecoding()}
+    try:
+        source = builder.as_data_source(split, decoders=skip)
+        labels = [source[i]["label"] for i in range(len(source))]
+    except NotImplementedError:  # tfrecord only (reader 'tf')
+        labels = [ex["label"] for ex in tfds.as_numpy(builder.as_dataset(
+            split, shuffle_files=False, decoders=skip))]
+    return np.asarray(labels, np.int32)
+
+
 def _integer(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
