@@ -186,7 +186,9 @@ class Decoder(nnx.Module):
     ``head_dim`` defaults to ``dim // heads``; ``tie_embeddings`` computes the logits with the
     transposed embedding (as ``nnx.Embed.attend``), otherwise with a separate
     ``[dim, vocab]`` head; ``dropout`` applies to both residual branches in train mode;
-    ``max_seq_len`` (None: any) bounds the sequence length the model is built for.
+    ``max_seq_len`` (None: any) bounds the sequence length the model is built for;
+    ``remat`` recomputes each block in the backward pass of a training call, keeping only
+    the blocks' inputs (activation memory of one block instead of all of them).
 
     Features: ``block{i}`` (block i's output ``[B, L, dim]``, i from 1), ``hidden`` (the final
     RMS-normed hidden state, what the head reads) and, with ``attention_maps=True``,
@@ -199,7 +201,7 @@ class Decoder(nnx.Module):
     def __init__(self, dim: int, depth: int, heads: int, kv_heads: int, mlp_dim: int,
                  head_dim: int | None = None, tie_embeddings: bool = True,
                  rope_theta: float = 10_000.0, norm_eps: float = 1e-5, dropout: float = 0.0,
-                 max_seq_len: int | None = None, *,
+                 max_seq_len: int | None = None, remat: bool = False, *,
                  num_classes: int, input_shape: tuple[int], dtype: Any = F32, rngs: nnx.Rngs):
         for field, value in (("dim", dim), ("depth", depth), ("heads", heads),
                              ("kv_heads", kv_heads), ("mlp_dim", mlp_dim)):
@@ -216,6 +218,9 @@ class Decoder(nnx.Module):
             raise ValueError(f"Decoder head_dim must be even for rotary embeddings, got {head_dim}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"Decoder dropout must be in [0, 1), got {dropout}")
+        if remat and dropout:
+            raise ValueError("Decoder remat recomputes blocks without their dropout keys; use "
+                             "remat=True with dropout=0")
         if max_seq_len is not None and input_shape[0] > max_seq_len:
             raise ValueError(f"sequence length {input_shape[0]} (config.data.seq_len) exceeds "
                              f"the model's max_seq_len {max_seq_len}; lower it, or raise "
@@ -226,6 +231,7 @@ class Decoder(nnx.Module):
         self.kv_heads, self.head_dim = kv_heads, head_dim
         self.dtype = dtype
         self.dropout = dropout
+        self.remat = remat
         self.embedding = named_param(nnx.initializers.variance_scaling(1.0, "fan_in", "normal",
                                                                        out_axis=0),
                                      rngs.params(), (num_classes, dim), ("vocab", "embed"))
@@ -272,7 +278,16 @@ class Decoder(nnx.Module):
         h = self._embed(inputs)
         features = {}
         for i, block in enumerate(self.blocks, 1):
-            h, probs = block(h, positions, mask, train=train, rngs=rngs, explicit=attention_maps)
+            if self.remat and train:  # keep each block's input only; recompute the rest
+                graphdef, state = nnx.split(block)
+
+                def run(state, h, graphdef=graphdef):
+                    return nnx.merge(graphdef, state)(h, positions, mask, train=False, rngs=None,
+                                                      explicit=attention_maps)
+                h, probs = jax.checkpoint(run)(state, h)
+            else:
+                h, probs = block(h, positions, mask, train=train, rngs=rngs,
+                                 explicit=attention_maps)
             features[f"block{i}"] = h
             if attention_maps:
                 features[f"attn{i}"] = probs
