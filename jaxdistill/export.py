@@ -46,6 +46,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdistill import checkpoint, data
+from jaxdistill.generate import read_config
 from jaxdistill.models import build_model
 from jaxdistill.step import forward
 from jaxdistill.tasks import task_class
@@ -165,18 +166,6 @@ def _newest_step(workdir: str) -> int:
     return max(steps)
 
 
-def _read_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, "config.json")
-    try:
-        with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
-    except FileNotFoundError:
-        raise ValueError(f"--workdir={workdir}: no config.json; give the workdir of a "
-                         "training run") from None
-    except ValueError as e:
-        raise ValueError(f"--workdir={workdir}: its config.json is not valid JSON ({e})") from None
-
-
 def check_exportable(config, workdir: str) -> None:
     """Refuses, in one line, a run whose student this module cannot export faithfully."""
     if config.get("task", "classification") != "classification":
@@ -194,7 +183,7 @@ def load_student(workdir: str) -> Student:
     if not os.path.isdir(workdir):
         raise ValueError(f"--workdir={workdir}: no such directory; give the workdir of a "
                          "finished training run")
-    config = _read_config(workdir)
+    config = read_config(workdir)
     check_exportable(config, workdir)
     summary = _finished_summary(workdir, config)
     step = _newest_step(workdir)

@@ -163,6 +163,8 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
             return ml_collections.ConfigDict(json.load(f))
     except FileNotFoundError:
         raise ValueError(f"no {path}: --workdir must be the workdir of a training run") from None
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
 def role_model(config: ml_collections.ConfigDict, role: str, workdir: str

@@ -181,7 +181,7 @@ def test_refusals(runs, tmp_path, monkeypatch):
         (str(run), "stablehlo", "4", "--batch='4' is unknown; choose 1 or dynamic"),
         (str(run), "onnx", "1", "--format=onnx is not supported: jax2onnx.* orbax-checkpoint<0.11.37"),
         (str(tmp_path / "missing"), "stablehlo", "1", "no such directory"),
-        (str(tmp_path), "stablehlo", "1", "no config.json"),
+        (str(tmp_path), "stablehlo", "1", "no .*config.json: --workdir must be"),
     ]
     no_summary = _copy(run, tmp_path, "no_summary")
     (no_summary / "summary.json").unlink()
