@@ -56,6 +56,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from benchmarks.accuracy import _quiet_read_only, enable_compilation_cache
 from jaxdistill import checkpoint, run_record, validate
 from jaxdistill.experiment import merge_summaries, scratch_config, teacher_config
 from jaxdistill.run_setup import prepare_run
@@ -505,20 +506,6 @@ def run_benchmark(runs: list[Run], out: str, *, header: dict, log=print) -> dict
                                               "wall_s": time.perf_counter() - start})
         write_outputs(result, out)  # an interrupted benchmark keeps what it finished
     return result
-
-
-def _quiet_read_only(record) -> bool:
-    """Drops Orbax's warnings that a read-only manager (every teacher load) is read-only."""
-    message = record.getMessage()
-    return not ("read_only=True" in message or "Given directory is read only" in message)
-
-
-def enable_compilation_cache(directory: str) -> None:
-    """JAX's persistent compilation cache in `directory`, for every program however small."""
-    os.makedirs(directory, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def main(argv):
