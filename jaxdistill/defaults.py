@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.seq_len = 256            # token datasets: positions per packed window
     c.data.max_documents = 0        # token datasets: keep the first N documents (0 = all)
     c.data.tokenizer = ""           # token datasets: '' = train one; or a tokenizer.json path
+    c.data.seed = -1                # data order; -1 = config.seed (a population's members share it)
 
     c.lm = ml_collections.ConfigDict()
     c.lm.chunk_size = 0             # causal_lm: logit terms over chunks of this many positions
@@ -45,6 +46,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.student.kwargs = ml_collections.ConfigDict()  # overrides of the registry entry's defaults
     c.student.num_classes = 0       # 0 = the dataset's class count
     c.student.dtype = "float32"     # compute dtype ('float32' or 'bfloat16'); params stay float32
+    c.student.pruning = ml_collections.ConfigDict()  # weight pruning (jaxdistill.pruning)
+    c.student.pruning.method = "none"  # 'none' | 'magnitude' (Zhu & Gupta 2017) | 'nm' (N:M structured)
+    c.student.pruning.sparsity = 0.0  # magnitude: final fraction of prunable weights set to zero, in [0, 1)
+    c.student.pruning.initial_sparsity = 0.0  # magnitude: the cubic schedule's sparsity at start_step
+    c.student.pruning.scope = "global"  # magnitude: 'global' (one threshold over all layers) | 'layer'
+    c.student.pruning.start_step = 0  # first mask update (the schedule's t0)
+    c.student.pruning.end_step = 0  # last mask update, at the final sparsity (t0 + n dt; < num_steps)
+    c.student.pruning.frequency = 100  # steps between mask updates (dt)
+    c.student.pruning.n = 2         # nm: weights kept per group of m along a kernel's input axis
+    c.student.pruning.m = 4         # nm: group size (must divide every pruned layer's inputs)
+    c.student.pruning.params = ("kernel",)  # names of the parameters pruned (dense/conv kernels)
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.model = ""            # registry name; '' = no teacher (plain supervised training)
@@ -85,5 +97,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.student_axis_rules = ()  # (logical name, mesh axis | None) pairs over the rule's preset
     c.mesh.teacher_axis_rules = ()  # the same for the teacher (named params: the decoder LMs)
     c.mesh.teacher_devices = 0      # N > 0: the teacher runs on the last N devices, its own mesh
+
+    c.population = ml_collections.ConfigDict()  # N students in one step (jaxdistill.population)
+    c.population.size = 0           # N > 0: train N students at once, one teacher pass per batch
+    c.population.members = ()       # N dicts of per-member overrides {dotted field: value} (or ()):
+    # seed, optimizer.learning_rate / weight_decay / warmup_steps, objective.<term>.weight and
+    # objective.<term>.<float field> (e.g. 'objective.kd.temperature')
+    c.population.axis = ""          # mesh axis the members are split over ('' = every device holds all)
     return c
 

@@ -35,25 +35,30 @@ def _is_matrix(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(opt, num_steps: int, own: dict[str, float] | None = None
+def make_optimizer(opt, num_steps: int, own: dict[str, float] | None = None, *,
+                   schedule: optax.Schedule | None = None, weight_decay=None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optax transformation for the trainable params {'student', 'aux': {term: ...}},
     and its schedule. Aux terms named in `own` (term -> learning rate) get their own
-    `adam(lr, b1=0.5)` (the GAN convention for discriminators) instead of the main one."""
+    `adam(lr, b1=0.5)` (the GAN convention for discriminators) instead of the main one.
+    `schedule` and `weight_decay` (which may be traced: a population member's, see
+    `jaxdistill.population`) replace `opt`'s; `opt.weight_decay` still decides whether SGD
+    decays at all."""
     if opt.name not in OPTIMIZERS:
         raise ValueError(f"config.optimizer.name '{opt.name}' is unknown; choose one of {OPTIMIZERS}")
     if opt.weight_decay < 0:
         raise ValueError(f"config.optimizer.weight_decay must be >= 0, got {opt.weight_decay}")
-    schedule = learning_rate_schedule(opt, num_steps)
+    schedule = learning_rate_schedule(opt, num_steps) if schedule is None else schedule
+    decay = opt.weight_decay if weight_decay is None else weight_decay
     parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip > 0 else []
     if opt.name == "sgd":
         if opt.weight_decay:
-            parts.append(optax.add_decayed_weights(opt.weight_decay, mask=_is_matrix))
+            parts.append(optax.add_decayed_weights(decay, mask=_is_matrix))
         parts.append(optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))
     elif opt.name == "adam":
         parts.append(optax.adam(schedule, b1=opt.momentum))
     else:
-        parts.append(optax.adamw(schedule, b1=opt.momentum, weight_decay=opt.weight_decay,
+        parts.append(optax.adamw(schedule, b1=opt.momentum, weight_decay=decay,
                                  mask=_is_matrix))
     main = optax.chain(*parts)
     if not own:
