@@ -1,0 +1,111 @@
+"""Hugging Face checkpoints as registry models, without torch.
+
+``from_pretrained(path)`` reads a model directory (``config.json`` + ``*.safetensors``, one
+file or sharded; float32, float16 or bfloat16) and returns ``(model, info)``: an NNX model
+called like every registry model, ``model(tokens) -> (logits, features)`` with
+``features['last_hidden']`` the final hidden states (after the final norm), and a dict that
+describes it. config.json's ``model_type`` picks the family module (``FAMILIES``), imported
+on first use; each exposes ``load(hf_config, tensors, *, dtype, max_seq_len, shardings) ->
+(model, info)`` and usually builds its model with ``assemble``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxdistill import parallel
+from jaxdistill.hf import files
+
+# config.json model_type -> the module of jaxdistill.hf that loads it
+FAMILIES = {"llama": "decoders", "qwen2": "decoders", "mistral": "decoders", "gpt2": "gpt2",
+            "bert": "bert"}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def family(hf_config: dict, path: str = "") -> Any:
+    """The jaxdistill.hf module that loads a checkpoint with config ``hf_config``."""
+    model_type = hf_config.get("model_type")
+    if model_type not in FAMILIES:
+        raise ValueError(f"{path or 'config.json'}: model_type {model_type!r} is not supported; "
+                         f"supported: {', '.join(sorted(FAMILIES))}")
+    return importlib.import_module(f"jaxdistill.hf.{FAMILIES[model_type]}")
+
+
+def compute_dtype(dtype) -> Any:
+    """``dtype`` ('float32' | 'bfloat16' or a dtype) as a JAX dtype."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is unknown; choose one of {sorted(DTYPES)}")
+        return DTYPES[dtype]
+    return jnp.dtype(dtype)
+
+
+def fill(abstract, arrays: dict[str, np.ndarray], where: str = "the checkpoint"):
+    """``abstract`` (a tree of ShapeDtypeStructs, e.g. an abstract model's nnx.State) with every
+    leaf taken from ``arrays`` ({dotted parameter path: host array}, e.g.
+    ``'blocks.0.attn.q'``), cast to the leaf's dtype and placed with its sharding (the default
+    device where it has none): each device receives only its own shard. Every leaf must be
+    given with its shape and every array used."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    names = [".".join(parallel._path(p)) for p, _ in leaves]
+    missing = [n for n in names if n not in arrays]
+    unused = sorted(set(arrays) - set(names))
+    if missing or unused:
+        raise ValueError(f"{where} does not fit the model: missing {missing[:3]}, "
+                         f"unused {unused[:3]}")
+    out = []
+    for name, (_, x) in zip(names, leaves):
+        value = arrays[name]
+        if tuple(value.shape) != tuple(x.shape):
+            raise ValueError(f"{where}: {name} has shape {tuple(value.shape)}, the model "
+                             f"expects {tuple(x.shape)}")
+        out.append(jax.device_put(np.asarray(value, x.dtype), getattr(x, "sharding", None)))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def assemble(make: Callable[[nnx.Rngs], nnx.Module], arrays: dict[str, np.ndarray], *,
+             shardings: Callable | None = None, where: str = "the checkpoint") -> nnx.Module:
+    """The model ``make(rngs)`` builds, with its parameters from ``arrays`` (see ``fill``)
+    instead of an initialiser: built abstractly (no random init, no full copy), then each
+    parameter put on the devices ``shardings(abstract_state)`` names (a tree of Shardings
+    like the model's nnx.State; None: the default device)."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(0))))
+    if shardings is not None:
+        state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                             state, shardings(state))
+    return nnx.merge(graphdef, fill(state, arrays, where))
+
+
+def from_pretrained(path: str, *, dtype="float32", max_seq_len: int | None = None,
+                    shardings: Callable | None = None) -> tuple[nnx.Module, dict]:
+    """(model, info) of the Hugging Face model directory ``path``.
+
+    Args:
+      path: a directory with config.json and model.safetensors (or its sharded index).
+      dtype: the compute dtype ('float32' or 'bfloat16'); parameters are float32.
+      max_seq_len: the longest sequence the model is built for (default: the checkpoint's
+        max_position_embeddings).
+      shardings: ``abstract_state -> tree of Shardings`` placing each parameter (None: the
+        default device).
+
+    Returns ``info``: family, model_type, vocab_size, hidden_size, layers, dtype, params
+    (count) and tokenizer (the directory's tokenizer.json path, or '').
+    """
+    hf_config = files.read_config(path)
+    module = family(hf_config, path)
+    dtype = compute_dtype(dtype)
+    model, info = module.load(hf_config, files.read_tensors(path), dtype=dtype,
+                              max_seq_len=max_seq_len, shardings=shardings)
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return model, {**info, "model_type": hf_config["model_type"], "dtype": jnp.dtype(dtype).name,
+                   "params": params, "tokenizer": files.tokenizer_path(path)}
+
+
+__all__ = ["FAMILIES", "assemble", "family", "fill", "from_pretrained"]
