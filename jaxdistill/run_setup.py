@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from jaxdistill import checkpoint, data, parallel, validate
 from jaxdistill import store as store_lib
+from jaxdistill.store import tokens as store_tokens
 from jaxdistill.flops import dot_conv_flops, program_flops
 from jaxdistill.losses.chunked import check_chunk_size
 from jaxdistill.models import build_model, input_kind, logical_axes
@@ -48,7 +49,7 @@ class RunSetup:
     state_shardings: TrainState
     teacher_abstract: dict | None   # {'params', 'batch_stats'} ShapeDtypeStructs with shardings
     batch_sharding: NamedSharding
-    store: store_lib.StoreLayout | None = None  # the offline teacher store, if used
+    store: Any = None  # the offline teacher store, if used (a StoreLayout or TokenStoreLayout)
     teacher_mesh: Mesh | None = None  # the teacher's own devices (config.mesh.teacher_devices)
 
     @property
@@ -186,14 +187,17 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
     elif config.extra_teachers:
         raise ValueError("config.extra_teachers needs a primary config.teacher.model")
     teacher_store = (store or _open_store(config)) if has_teacher else None
+    token_store = isinstance(teacher_store, store_tokens.TokenStoreLayout)
+    if token_store:
+        store_tokens.check_run(config, teacher_store, info)
     if teacher_mesh is not mesh and not (has_teacher and teacher_store is None):
         raise ValueError("config.mesh.teacher_devices needs a teacher that runs online "
                          "(a teacher.model, and no teacher.store)")
 
     chunk_size = _chunk_size(config, task, info, extra_defs, teacher_store)
     ctx = StepContext(student_def, None if teacher_store else teacher_def, None, None, task,
-                      extra_defs, info.num_classes if teacher_store else 0, chunk_size,
-                      objective.needs_attention_maps)
+                      extra_defs, info.num_classes if teacher_store and not token_store else 0,
+                      chunk_size, objective.needs_attention_maps, token_store=token_store)
     views = _abstract_views(ctx, s_vars, teacher_abstract,
                             abstract_batch(task, info, config.batch_size, teacher_store),
                             teacher_store)
@@ -240,9 +244,10 @@ def _chunk_size(config, task: Task, info, extra_defs, teacher_store) -> int:
         raise ValueError(f"config.lm.chunk_size: chunking runs over a sequence; task "
                          f"'{task.name}' has none, so set it to 0")
     check_chunk_size(size, info.seq_len, "config.lm.chunk_size")
-    if extra_defs or teacher_store is not None:
+    if extra_defs or not (teacher_store is None
+                          or isinstance(teacher_store, store_tokens.TokenStoreLayout)):
         raise ValueError("config.lm.chunk_size: a chunked step distils from one teacher run "
-                         "online; remove config.extra_teachers / config.teacher.store or set "
+                         "online or from a token store; remove config.extra_teachers or set "
                          "config.lm.chunk_size=0")
     return size
 
@@ -265,7 +270,7 @@ def _meshes(config) -> tuple[Mesh, Mesh]:
             parallel.make_mesh((-1, 1), ("data", "model"), devices[-n:]))
 
 
-def _open_store(config) -> store_lib.TeacherStore | None:
+def _open_store(config) -> store_lib.TeacherStore | store_tokens.TokenStore | None:
     """The configured offline teacher store, checked against the config (its fingerprint
     is checked against the teacher's parameters when the run restores them)."""
     if not config.teacher.store:
@@ -277,7 +282,7 @@ def _open_store(config) -> store_lib.TeacherStore | None:
         raise ValueError("config.teacher.store needs config.teacher.checkpoint: the store's "
                          "fingerprint is checked against that teacher's parameters")
     store_lib.check_config(config)
-    return store_lib.TeacherStore(config.teacher.store)
+    return store_tokens.open_store(config.teacher.store, config.task)
 
 
 def _teacher(t_cfg, field: str, task: Task, info, mesh, rule: str, overrides=()):

@@ -25,6 +25,7 @@ from jaxdistill.losses.chunked import HIDDEN, Head, LogitChunks
 from jaxdistill.objective import PRIMARY, Objective
 from jaxdistill.state import TrainState
 from jaxdistill.store.dense import teacher_outputs_from_batch
+from jaxdistill.store.tokens import entries_from_batch
 from jaxdistill.tasks.base import ModelInputs, Task
 from jaxdistill.terms import Views
 
@@ -42,6 +43,7 @@ class StepContext:
     store_classes: int = 0  # > 0: the teacher's outputs come from the batch (offline store)
     chunk_size: int = 0  # > 0: logit terms chunk by chunk over the sequence (see module doc)
     attention_maps: bool = False  # the models also return attention maps (a term uses them)
+    token_store: bool = False  # the teacher's top-k entries come from the batch (LM token store)
 
     def call_kwargs(self, inputs: ModelInputs, *, chunked: bool) -> dict:
         """Keyword arguments of a model call on `inputs`."""
@@ -91,6 +93,8 @@ def all_teacher_outputs(ctx: StepContext, teacher, inputs: ModelInputs, batch, *
     states (its head is applied by the objective), unless `full_logits`."""
     if ctx.store_classes:
         return {PRIMARY: teacher_outputs_from_batch(batch, ctx.store_classes)}
+    if ctx.token_store:  # no logits: the terms read `entries_from_batch(batch)`
+        return {PRIMARY: (None, {})}
     if ctx.teacher_def is None:
         return {}
     outputs = {}
@@ -127,7 +131,8 @@ def _chunks(ctx: StepContext, student_head: Head, s_features, t_logits, t_featur
         student_hidden=s_features[HIDDEN], student_head=student_head,
         teacher_hidden=t_features[HIDDEN] if t_head is not None else None,
         teacher_head=t_head, teacher_logits=t_logits,
-        targets=ctx.task.targets(batch), weights=ctx.task.weights(batch), size=ctx.chunk_size)
+        targets=ctx.task.targets(batch), weights=ctx.task.weights(batch), size=ctx.chunk_size,
+        teacher_entries=entries_from_batch(batch) if ctx.token_store else None)
 
 
 def student_update(ctx: StepContext, state: TrainState, inputs: ModelInputs, teachers, batch,
@@ -148,7 +153,8 @@ def student_update(ctx: StepContext, state: TrainState, inputs: ModelInputs, tea
             head = output_head(ctx.student_def, params["student"], new_stats)
             chunks = _chunks(ctx, head, s_features, t_logits, t_features, teacher, batch)
         views = Views(s_logits, s_features, t_logits, t_features, ctx.task.targets(batch),
-                      batch["index"], teachers, ctx.task.weights(batch), chunks)
+                      batch["index"], teachers, ctx.task.weights(batch), chunks,
+                      entries_from_batch(batch) if ctx.token_store and not chunked else None)
         total, values, aux_state = ctx.objective(views, state.step, params["aux"],
                                                  state.aux_state, term_rng)
         return total, (values, new_stats, aux_state)

@@ -26,6 +26,7 @@ from flax import nnx
 
 from jaxdistill import losses
 from jaxdistill.adapters import Adapter, Discriminator, Embed
+from jaxdistill.losses.sparse_kd import bucket_logits
 
 
 class Views(NamedTuple):
@@ -40,6 +41,7 @@ class Views(NamedTuple):
     teachers: Mapping[str, tuple[jax.Array, Mapping[str, jax.Array]]] | None = None  # by name
     weights: jax.Array | None = None  # the task's per-position weights, shaped like labels
     chunks: Any = None  # `losses.chunked.LogitChunks` of a chunked step (logits are None)
+    teacher_entries: Any = None  # a token store's `TeacherEntries` (teacher_logits is None)
 
     @property
     def per_token(self) -> bool:
@@ -86,38 +88,46 @@ def _pair(v: Views, student_feature: str, teacher_feature: str):
 
 # --- logits ---------------------------------------------------------------------------
 
+def _logits(v: Views, temperature: float) -> tuple[jax.Array, jax.Array]:
+    """(student, teacher) logits of a divergence term: the models' own, or with a token
+    store's top-k entries the two bucketed distributions (`losses.sparse_kd`)."""
+    if v.teacher_entries is None:
+        return v.student_logits, v.teacher_logits
+    return bucket_logits(v.student_logits, v.teacher_entries, temperature=temperature)
+
+
 def ce(v: Views, label_smoothing: float = 0.0):
     return losses.cross_entropy(v.student_logits, v.labels, label_smoothing=label_smoothing)
 
 
 def kd(v: Views, temperature: float = 4.0, standardize: bool = False):
-    return losses.kd_loss(v.student_logits, v.teacher_logits, temperature=temperature,
+    return losses.kd_loss(*_logits(v, temperature), temperature=temperature,
                           standardize=standardize)
 
 
 def fkl(v: Views, temperature: float = 1.0):
-    return losses.forward_kl(v.student_logits, v.teacher_logits, temperature=temperature)
+    return losses.forward_kl(*_logits(v, temperature), temperature=temperature)
 
 
 def rkl(v: Views, temperature: float = 1.0):
-    return losses.reverse_kl(v.student_logits, v.teacher_logits, temperature=temperature)
+    return losses.reverse_kl(*_logits(v, temperature), temperature=temperature)
 
 
 def jsd(v: Views, temperature: float = 1.0, beta: float = 0.5):
-    return losses.jsd(v.student_logits, v.teacher_logits, temperature=temperature, beta=beta)
+    return losses.jsd(*_logits(v, temperature), temperature=temperature, beta=beta)
 
 
 def tvd(v: Views, temperature: float = 1.0):
-    return losses.tvd(v.student_logits, v.teacher_logits, temperature=temperature)
+    return losses.tvd(*_logits(v, temperature), temperature=temperature)
 
 
 def skl(v: Views, alpha: float = 0.1, temperature: float = 1.0):
-    return losses.skew_kl(v.student_logits, v.teacher_logits, alpha=alpha,
+    return losses.skew_kl(*_logits(v, temperature), alpha=alpha,
                           temperature=temperature)
 
 
 def srkl(v: Views, alpha: float = 0.1, temperature: float = 1.0):
-    return losses.skew_reverse_kl(v.student_logits, v.teacher_logits, alpha=alpha,
+    return losses.skew_reverse_kl(*_logits(v, temperature), alpha=alpha,
                                   temperature=temperature)
 
 

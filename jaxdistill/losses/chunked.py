@@ -30,7 +30,8 @@ class Head(NamedTuple):
 class LogitChunks(NamedTuple):
     """What the chunked logit terms need: the student's final hidden states [B, L, D] and
     head; the teacher's hidden states and head, or its logits [B, L, V] (from a teacher
-    sub-mesh), or neither (no teacher); targets and weights [B, L]; the chunk length."""
+    sub-mesh), or neither (no teacher); targets and weights [B, L]; the chunk length; or the
+    teacher's stored top-k entries (`losses.sparse_kd.TeacherEntries`, [B, L, k])."""
 
     student_hidden: jax.Array
     student_head: Head
@@ -40,6 +41,7 @@ class LogitChunks(NamedTuple):
     targets: jax.Array
     weights: jax.Array
     size: int
+    teacher_entries: Any = None
 
 
 class ChunkViews(NamedTuple):
@@ -48,6 +50,7 @@ class ChunkViews(NamedTuple):
     student_logits: jax.Array
     teacher_logits: jax.Array | None
     labels: jax.Array
+    teacher_entries: Any = None  # a token store's entries of the chunk (teacher_logits None)
 
 
 PerPosition = Callable[[ChunkViews], jax.Array]  # -> values shaped like `labels`
@@ -80,6 +83,8 @@ def weighted_sums(fns: Sequence[PerPosition], chunks: LogitChunks) -> jax.Array:
           "weights": _split(chunks.weights.astype(jnp.float32), chunks.size)}
     if has_teacher:
         xs["teacher"] = _split(teacher_side, chunks.size)
+    if chunks.teacher_entries is not None:
+        xs["entries"] = jax.tree.map(lambda a: _split(a, chunks.size), chunks.teacher_entries)
 
     @jax.checkpoint
     def chunk(s_vars, t_vars, x):
@@ -89,7 +94,7 @@ def weighted_sums(fns: Sequence[PerPosition], chunks: LogitChunks) -> jax.Array:
             t_logits = (chunks.teacher_head.apply(t_vars, x["teacher"])
                         if chunks.teacher_head is not None else x["teacher"])
             t_logits = jax.lax.stop_gradient(t_logits)
-        views = ChunkViews(s_logits, t_logits, x["targets"])
+        views = ChunkViews(s_logits, t_logits, x["targets"], x.get("entries"))
         return jnp.stack([jnp.sum(fn(views).astype(jnp.float32) * x["weights"]) for fn in fns])
 
     t_vars = chunks.teacher_head.variables if chunks.teacher_head is not None else None

@@ -140,30 +140,38 @@ class StoreLayout:
                 if k != "index"}
 
 
-class TeacherStore(StoreLayout):
-    """A written store, opened for random access by example index (thread-safe reads)."""
+def read_meta(path: str, field: str) -> tuple[str, dict]:
+    """(absolute path, its `store.json`) of a written store of either kind (`jaxdistill.store.
+    tokens` holds the LM's); a ValueError naming `field` when there is none."""
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    meta_path = os.path.join(path, META)
+    if not os.path.isfile(meta_path):
+        raise ValueError(f"{field}='{path}' is not a teacher store (no {META}; an "
+                         "interrupted write leaves none); write one with `python -m "
+                         "jaxdistill.teacher_store --config=... --store=DIR`")
+    with open(meta_path) as f:
+        return path, json.load(f)
 
-    def __init__(self, path: str, field: str = "config.teacher.store"):
-        self.path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-        meta_path = os.path.join(self.path, META)
-        if not os.path.isfile(meta_path):
-            raise ValueError(f"{field}='{self.path}' is not a teacher store (no {META}; an "
-                             "interrupted write leaves none); write one with `python -m "
-                             "jaxdistill.teacher_store --config=... --store=DIR`")
-        with open(meta_path) as f:
-            self.meta = json.load(f)
-        if (self.meta.get("format"), self.meta.get("version")) != (FORMAT, VERSION):
-            raise ValueError(f"{field}='{self.path}': {META} is not a {FORMAT} v{VERSION} store")
-        super().__init__(int(self.meta["top_k"]), int(self.meta["num_classes"]),
-                         {k: tuple(v) for k, v in self.meta["features"].items()})
-        self.field = field
-        self.num_examples = int(self.meta["num_examples"])
-        files = [os.path.join(self.path, name) for name in self.meta["files"]]
+
+def check_format(path: str, meta: dict, field: str, fmt: str, version: int) -> None:
+    """Raises unless `meta` is that of a `fmt` store of `version`."""
+    if (meta.get("format"), meta.get("version")) != (fmt, version):
+        raise ValueError(f"{field}='{path}': {META} is not a {fmt} v{version} store")
+
+
+class StoredRecords:
+    """The records of a written store, read by example index (thread-safe reads); mixed
+    into a layout class that defines `dtype` (one record) and `padding(rows)`."""
+
+    def open_records(self, path: str, meta: dict, field: str) -> None:
+        """Opens the record files `meta` names under `path`, checking count and size."""
+        self.path, self.meta, self.field = path, meta, field
+        self.num_examples = int(meta["num_examples"])
+        files = [os.path.join(path, name) for name in meta["files"]]
         self._source = grain.sources.ArrayRecordDataSource(files)  # readers tuned for random access
-        if len(self._source) != self.num_examples or self.dtype.itemsize != self.meta[
-                "record_bytes"]:
-            raise ValueError(f"{field}='{self.path}' is damaged: {len(self._source)} records of "
-                             f"{self.meta['record_bytes']} bytes, {META} says "
+        if len(self._source) != self.num_examples or self.dtype.itemsize != meta["record_bytes"]:
+            raise ValueError(f"{field}='{path}' is damaged: {len(self._source)} records of "
+                             f"{meta['record_bytes']} bytes, {META} says "
                              f"{self.num_examples} of {self.dtype.itemsize}")
 
     @property
@@ -177,29 +185,22 @@ class TeacherStore(StoreLayout):
     def __len__(self) -> int:
         return self.num_examples
 
-    def lookup(self, indices) -> dict[str, np.ndarray]:
-        """The stored outputs of examples `indices` (int [n]; -1 = padding row): `teacher_topk_
-        values` f32 [n, k], `teacher_topk_indices` i32 [n, k], `teacher_logsumexp` f32 [n],
-        `teacher_tail_logsumexp` f32 [n], `teacher_feature_<name>` f32 [n, ...]."""
+    def read(self, indices) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """(padding fields for every row of `indices` (int [n]; -1 = padding row), the
+        mask of real rows, their records as a structured array)."""
         indices = np.asarray(indices).astype(np.int64).reshape(-1)
         bad = (indices < -1) | (indices >= self.num_examples)
         if bad.any():
             raise ValueError(f"{self.field}='{self.path}' holds examples 0..{self.num_examples - 1}"
                              f" of {self.source['dataset']}[{self.source['split']}]; asked for "
                              f"{indices[bad][:5].tolist()}")
-        out = self.padding(len(indices))
         real = indices >= 0
-        if real.any():
-            records = self._source.__getitems__(indices[real].tolist())
-            recs = np.frombuffer(b"".join(records), self.dtype)
-            if not np.array_equal(recs["index"], indices[real]):
-                raise ValueError(f"{self.field}='{self.path}' is damaged: records do not hold "
-                                 "the examples they are indexed by")
-            for name, key in _FIELDS.items():
-                out[key][real] = recs[name]
-            for name in self.features:
-                out[FEATURE_PREFIX + name][real] = recs[f"feature_{name}"]
-        return out
+        records = self._source.__getitems__(indices[real].tolist()) if real.any() else []
+        recs = np.frombuffer(b"".join(records), self.dtype)
+        if not np.array_equal(recs["index"], indices[real]):
+            raise ValueError(f"{self.field}='{self.path}' is damaged: records do not hold "
+                             "the examples they are indexed by")
+        return self.padding(len(indices)), real, recs
 
     def extra_fields(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The data layer's hook: `make_train_iterator(..., extra_fields=store.extra_fields)`
@@ -207,14 +208,50 @@ class TeacherStore(StoreLayout):
         return self.lookup(batch["index"])
 
 
+class TeacherStore(StoreLayout, StoredRecords):
+    """A written classification store, opened for random access by example index."""
+
+    def __init__(self, path: str, field: str = "config.teacher.store"):
+        path, meta = read_meta(path, field)
+        check_format(path, meta, field, FORMAT, VERSION)
+        super().__init__(int(meta["top_k"]), int(meta["num_classes"]),
+                         {k: tuple(v) for k, v in meta["features"].items()})
+        self.open_records(path, meta, field)
+
+    def lookup(self, indices) -> dict[str, np.ndarray]:
+        """The stored outputs of examples `indices` (int [n]; -1 = padding row): `teacher_topk_
+        values` f32 [n, k], `teacher_topk_indices` i32 [n, k], `teacher_logsumexp` f32 [n],
+        `teacher_tail_logsumexp` f32 [n], `teacher_feature_<name>` f32 [n, ...]."""
+        out, real, recs = self.read(indices)
+        if real.any():
+            for name, key in _FIELDS.items():
+                out[key][real] = recs[name]
+            for name in self.features:
+                out[FEATURE_PREFIX + name][real] = recs[f"feature_{name}"]
+        return out
+
+
 def check_store(store: TeacherStore, config, teacher_params_sha256: str, *, info=None,
                 split: str | None = None) -> None:
     """Raises ValueError naming `store.field` and each difference (teacher checkpoint,
     dataset/split, preprocessing, class count) unless `store` was written for this run."""
+    from jaxdistill.store import tokens  # imports this module
+    if isinstance(store, tokens.TokenStore):
+        tokens.check_token_store(store, config, teacher_params_sha256, info=info, split=split)
+        return
     check_config(config, store.path, store.field)
     expected = expected_source(config, teacher_params_sha256, info=info, split=split)
+    diffs = source_differences(store, expected, GROUPS, config)
+    if info is not None and store.num_classes != info.num_classes:
+        diffs.append(f"it has {store.num_classes} classes, the dataset {info.num_classes}")
+    refuse_if_different(store, diffs)
+
+
+def source_differences(store, expected: dict, groups: dict, config) -> list[str]:
+    """What differs between `store.source` and the `expected` source, group by group (and
+    a fingerprint that is not that of the store's own source)."""
     diffs = []
-    for group, keys in GROUPS.items():
+    for group, keys in groups.items():
         for key in keys:
             stored, wanted = store.source.get(key), expected[key]
             if stored != wanted:
@@ -224,8 +261,11 @@ def check_store(store: TeacherStore, config, teacher_params_sha256: str, *, info
                 diffs.append(f"{group}: {key} is {stored} in the store but {wanted} in this run")
     if not diffs and store.fingerprint != fingerprint(expected):
         diffs.append(f"fingerprint {store.fingerprint[:12]}... is not that of its own source")
-    if info is not None and store.num_classes != info.num_classes:
-        diffs.append(f"it has {store.num_classes} classes, the dataset {info.num_classes}")
+    return diffs
+
+
+def refuse_if_different(store, diffs: list[str]) -> None:
+    """The one-line refusal of a store that was not written for this run (if `diffs`)."""
     if diffs:
         raise ValueError(
             f"{store.field}='{store.path}' was not written for this run: " + "; ".join(diffs)

@@ -1,5 +1,6 @@
 """Writing a store: the config's teacher, run once (eval mode, jitted, sharded like the trainer,
-no augmentation) over a split in index order; process 0 writes (layout in `format`)."""
+no augmentation) over a split in index order; process 0 writes (layout in `format`; a
+language model's token store: `tokens`, its teacher outputs in `token_writer`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import shutil
 import time
 import uuid
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,11 +61,57 @@ def _check_target(path: str) -> None:
                          "written once and never overwritten)")
 
 
+class Plan(NamedTuple):
+    """What one kind of store writes: `meta` (its kind's store.json fields), the record
+    `dtype`, `run(teacher, batch)` (jitted: the record fields of a batch's rows), the
+    `source(teacher_params_sha256)` it is fingerprinted by and a log line."""
+
+    meta: dict
+    dtype: np.dtype
+    run: Any
+    source: Any
+    describe: str
+
+
+def _class_plan(config, setup, teacher_abstract, *, top_k: int, features, split: str,
+                log_prob_dtype) -> Plan:
+    """The classification store: top-k logits, log-sum-exps and the named features."""
+    info, ctx = setup.info, setup.ctx
+    if log_prob_dtype is not None:
+        raise ValueError(f"--log_prob_dtype='{log_prob_dtype}' is for a language model's token "
+                         "store; a classification store keeps float32 logits")
+    classes = info.num_classes
+    if not 0 <= top_k <= classes:
+        raise ValueError(f"--top_k={top_k}: must be in [0, {classes}] (0 = all classes)")
+    k = top_k or classes
+    image = jax.ShapeDtypeStruct((config.eval_batch_size, *info.image_shape), jnp.float32)
+    _, feature_shapes, _ = jax.eval_shape(
+        lambda t, x: forward(ctx.teacher_def, t["params"], t["batch_stats"], x, train=False),
+        teacher_abstract, image)
+    features = tuple(features)
+    unknown = sorted(set(features) - set(feature_shapes))
+    if unknown:
+        raise ValueError(f"--features: {unknown} not among the teacher's features "
+                         f"{sorted(feature_shapes)}")
+    shapes = {n: tuple(feature_shapes[n].shape[1:]) for n in features}
+    teacher_sh = jax.tree.map(lambda x: x.sharding, teacher_abstract)
+    outputs = jax.jit(functools.partial(_teacher_outputs, ctx.teacher_def, ctx.task, k, features),
+                      in_shardings=(teacher_sh, setup.batch_sharding),
+                      out_shardings=setup.batch_sharding)
+    return Plan({"format": FORMAT, "version": VERSION, "top_k": k, "num_classes": classes,
+                 "features": {name: list(s) for name, s in shapes.items()}},
+                record_dtype(k, shapes), lambda teacher, batch: outputs(teacher, batch["image"]),
+                lambda sha: expected_source(config, sha, info=info, split=split),
+                f"top {k} of {classes} logits, features {list(features)}")
+
+
 def write_store(config, path: str, *, top_k: int = 0, features=(), split: str | None = None,
-                log=print) -> dict:
+                log_prob_dtype: str | None = None, log=print) -> dict:
     """Runs `config`'s teacher over `split` (default config.data.train_split) and writes a
     store to `path` (new or empty): top-k logits (k = `top_k`, 0 = all classes) and the named
-    `features`. Every process takes part; process 0 writes. Returns the store's metadata."""
+    `features`; for a causal_lm config a token store (`store.tokens`: top-k log-probabilities
+    per position in `log_prob_dtype`, default bfloat16). Every process takes part; process 0
+    writes. Returns the store's metadata."""
     config = copy.deepcopy(config)
     if not config.teacher.model:
         raise ValueError("config.teacher.model is empty: a store holds a teacher's outputs")
@@ -77,46 +125,31 @@ def write_store(config, path: str, *, top_k: int = 0, features=(), split: str | 
     path = os.path.abspath(os.path.expanduser(path))
     _check_target(path)
     setup = prepare_run(config)
-    info, ctx = setup.info, setup.ctx
-    if setup.task.name != "classification":
-        raise ValueError(f"config.task: the teacher store holds class logits; task "
-                         f"'{setup.task.name}' has no store yet")
+    info = setup.info
     split = split or config.data.train_split
     if split not in info.splits:
         raise ValueError(f"--split='{split}' is not a split of {info.name}: {sorted(info.splits)}")
-    classes = info.num_classes
-    if not 0 <= top_k <= classes:
-        raise ValueError(f"--top_k={top_k}: must be in [0, {classes}] (0 = all classes)")
-    k = top_k or classes
     abstract = {n: setup.teacher_abstract[n] for n in ("params", "batch_stats")}
-    image = jax.ShapeDtypeStruct((config.eval_batch_size, *info.image_shape), jnp.float32)
-    _, feature_shapes, _ = jax.eval_shape(
-        lambda t, x: forward(ctx.teacher_def, t["params"], t["batch_stats"], x, train=False),
-        abstract, image)
-    features = tuple(features)
-    unknown = sorted(set(features) - set(feature_shapes))
-    if unknown:
-        raise ValueError(f"--features: {unknown} not among the teacher's features "
-                         f"{sorted(feature_shapes)}")
-    shapes = {n: tuple(feature_shapes[n].shape[1:]) for n in features}
+    if setup.task.name == "causal_lm":
+        from jaxdistill.store.token_writer import token_plan
+        plan = token_plan(config, setup, abstract, top_k=top_k, features=features, split=split,
+                          log_prob_dtype=log_prob_dtype)
+    elif setup.task.name == "classification":
+        plan = _class_plan(config, setup, abstract, top_k=top_k, features=features, split=split,
+                           log_prob_dtype=log_prob_dtype)
+    else:
+        raise ValueError(f"config.task: task '{setup.task.name}' has no teacher store")
 
     teacher = checkpoint.load_teacher(config.teacher.checkpoint, abstract)
-    source = expected_source(config, teacher_sha256(teacher), info=info, split=split)
-    teacher_sh = jax.tree.map(lambda x: x.sharding, abstract)
-    run = jax.jit(functools.partial(_teacher_outputs, ctx.teacher_def, ctx.task, k, features),
-                  in_shardings=(teacher_sh, setup.batch_sharding),
-                  out_shardings=setup.batch_sharding)
+    source = plan.source(teacher_sha256(teacher))
     batches = data.make_eval_iterator(info, split=split, reader=config.data.reader,
                                       global_batch_size=config.eval_batch_size,
                                       sharding=setup.batch_sharding)
     n = info.splits[split]
     num_files = max(1, math.ceil(n / RECORDS_PER_FILE))
     files = [f"records-{i:05d}-of-{num_files:05d}.array_record" for i in range(num_files)]
-    dtype = record_dtype(k, shapes)
-    meta = {"format": FORMAT, "version": VERSION, "top_k": k, "num_classes": classes,
-            "num_examples": n, "features": {name: list(s) for name, s in shapes.items()},
-            "files": files, "record_bytes": dtype.itemsize, "source": source,
-            "fingerprint": fingerprint(source),
+    meta = {**plan.meta, "num_examples": n, "files": files, "record_bytes": plan.dtype.itemsize,
+            "source": source, "fingerprint": fingerprint(source),
             "teacher": {"model": config.teacher.model, "kwargs": config.teacher.kwargs.to_dict(),
                         "dtype": config.teacher.dtype,
                         "checkpoint": checkpoint.teacher_directory(config.teacher.checkpoint)}}
@@ -125,16 +158,16 @@ def write_store(config, path: str, *, top_k: int = 0, features=(), split: str | 
     writer, written, start = None, 0, time.time()
     if writing:
         log(f"teacher store: {config.teacher.model} on {info.name}[{split}] ({n} examples), "
-            f"top {k} of {classes} logits, features {list(features)} -> {path}")
+            f"{plan.describe} -> {path}")
         os.makedirs(tmp)
     try:
         for batch in batches:
-            out = {name: _host(v) for name, v in run(teacher, batch["image"]).items()}
+            out = {name: _host(v) for name, v in plan.run(teacher, batch).items()}
             index, mask = _host(batch["index"]), _host(batch["mask"])
             if not writing:
                 continue
             rows = np.flatnonzero(mask > 0)
-            records = np.zeros(len(rows), dtype)
+            records = np.zeros(len(rows), plan.dtype)
             records["index"] = index[rows]
             for name, value in out.items():
                 records[name] = value[rows]

@@ -8,6 +8,8 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
+from jaxdistill.losses.sparse_kd import teacher_top1
+
 
 class ModelInputs(NamedTuple):
     """What a model is called on: `model(x, train=..., rngs=..., **kwargs)`."""
@@ -26,12 +28,20 @@ def top1_correct(logits, targets) -> jax.Array:
     return (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
 
 
+def agreement(v) -> jax.Array:
+    """`top1_agreement` of the step's views, the teacher's top-1 read from a token store's
+    entries (stored largest first) when it has no logits."""
+    if v.teacher_entries is None:
+        return top1_agreement(v.student_logits, v.teacher_logits)
+    return top1_correct(v.student_logits, teacher_top1(v.teacher_entries))
+
+
 def train_metrics(has_teacher: bool) -> dict[str, Callable[[Any], jax.Array]]:
     """Top-1 accuracy on the targets and (with a teacher) top-1 agreement with it, as
     per-position functions of the step's `Views`."""
     metrics = {"accuracy": lambda v: top1_correct(v.student_logits, v.labels)}
     if has_teacher:
-        metrics["agreement"] = lambda v: top1_agreement(v.student_logits, v.teacher_logits)
+        metrics["agreement"] = agreement
     return metrics
 
 
