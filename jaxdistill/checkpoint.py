@@ -2,10 +2,10 @@
 
 A run's checkpoints live in `<workdir>/checkpoints/<step>/` with three items:
 `model` ({'params', 'batch_stats'} of the student: what a later run loads as its
-teacher), `train` (aux params and state, optimizer state, step, rng) and `data` (the iterator
-position, JSON). Saving is asynchronous; every process takes part (Orbax coordinates).
-Kept: the newest `keep` checkpoints plus the best by the task's eval metric (highest
-accuracy; lowest perplexity for language models).
+teacher), `train` (aux params and state, optimizer state, step, rng, pruning masks) and
+`data` (the iterator position, JSON). Saving is asynchronous; every process takes part
+(Orbax coordinates). Kept: the newest `keep` checkpoints plus the best by the task's eval
+metric (highest accuracy; lowest perplexity for language models).
 
 `<step>/sha256.json` records, per item, a SHA-256 over its files (`files_sha256`). Process 0
 writes it in Orbax's background thread once every process's writes are done and before the
@@ -179,6 +179,8 @@ class RunCheckpoints:
         model = {"params": state.params["student"], "batch_stats": state.batch_stats}
         train = {"aux": state.params["aux"], "aux_state": state.aux_state,
                  "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+        if state.masks is not None:  # pruning (jaxdistill.pruning)
+            train["masks"] = state.masks
         self.manager.wait_until_finished()  # Orbax waits anyway; the previous digests land first
         self._saving = step
         self.manager.save(step, metrics=metrics, force=True, args=ocp.args.Composite(
@@ -198,6 +200,8 @@ class RunCheckpoints:
         model = {"params": a.params["student"], "batch_stats": a.batch_stats}
         train = {"aux": a.params["aux"], "aux_state": a.aux_state, "opt_state": a.opt_state,
                  "step": a.step, "rng": a.rng}
+        if a.masks is not None:
+            train["masks"] = a.masks
         _quiet_orbax_stragglers()
         r = self.manager.restore(step, args=ocp.args.Composite(
             model=ocp.args.StandardRestore(_abstract(model)),
@@ -206,7 +210,7 @@ class RunCheckpoints:
                            params={"student": r["model"]["params"], "aux": r["train"]["aux"]},
                            batch_stats=r["model"]["batch_stats"],
                            opt_state=r["train"]["opt_state"], rng=r["train"]["rng"],
-                           aux_state=r["train"]["aux_state"])
+                           aux_state=r["train"]["aux_state"], masks=r["train"].get("masks"))
         return state, int(r["data"]["position"])
 
     def restore_newest(self, abstract_state: TrainState, log=print

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from jaxdistill import checkpoint, data, parallel, validate
+from jaxdistill import checkpoint, data, parallel, pruning, validate
 from jaxdistill import store as store_lib
 from jaxdistill.store import tokens as store_tokens
 from jaxdistill.flops import dot_conv_flops, program_flops
@@ -122,9 +122,12 @@ def _state_shardings(abstract: TrainState, mesh: Mesh, rule: str, named: dict,
 
     def shard(tree):
         return parallel.tree_shardings(tree, mesh, rule, named, overrides, field)
-    return TrainState(step=rep, rng=rep, aux_state=shard(abstract.aux_state),
-                      params=shard(abstract.params), batch_stats=shard(abstract.batch_stats),
-                      opt_state=shard(abstract.opt_state))
+    params = shard(abstract.params)
+    masks = (None if abstract.masks is None  # a mask is sharded like its parameter
+             else pruning.select(params["student"], abstract.masks))
+    return TrainState(step=rep, rng=rep, aux_state=shard(abstract.aux_state), params=params,
+                      batch_stats=shard(abstract.batch_stats),
+                      opt_state=shard(abstract.opt_state), masks=masks)
 
 
 def prepare_run(config, *, teacher_checkpoint_required: bool = True,
@@ -161,6 +164,8 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
     student_def, s_params, s_stats = nnx.split(
         nnx.eval_shape(lambda: make_student(nnx.Rngs(0))), nnx.Param, nnx.BatchStat)
     s_vars = {"params": s_params, "batch_stats": s_stats}
+    prune = pruning.spec(config)
+    pruning.check_layers(prune, s_params)
 
     teacher_def = teacher_abstract = None
     extra_defs = {}
@@ -218,13 +223,13 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
         return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, batch_stats=stats,
                           opt_state=tx.init(trainable),
                           rng=jax.random.fold_in(jax.random.PRNGKey(config.seed), 1),
-                          aux_state=aux_state)
+                          aux_state=aux_state, masks=pruning.init_masks(prune, params))
 
     abstract = jax.eval_shape(lambda: init_state(jax.random.PRNGKey(config.seed)))  # no compile
     shardings = _state_shardings(abstract, mesh, config.mesh.student_rule,
                                  parallel.names_by_path(logical_axes(s_params)),
                                  config.mesh.student_axis_rules, "config.mesh.student_axis_rules")
-    ctx = dataclasses.replace(ctx, objective=objective, tx=tx)
+    ctx = dataclasses.replace(ctx, objective=objective, tx=tx, pruning=prune)
     batch_sh = parallel.batch_sharding(mesh)
     setup = RunSetup(config, info, mesh, ctx, schedule, init_state,
                      _with_shardings(abstract, shardings), shardings, teacher_abstract, batch_sh,

@@ -14,7 +14,8 @@ class TrainState(struct.PyTreeNode):
     params: trainable pytree {'student': nnx.State, 'aux': {term: nnx.State}} (adapters,
     embedding heads, discriminators of the objective); batch_stats: the student's
     BatchNorm statistics; aux_state: the objective's running state {term: pytree} (e.g.
-    CRD's memory banks).
+    CRD's memory banks); masks: the student's pruning masks {parameter path: bool array}
+    (`jaxdistill.pruning`), None without pruning.
     """
 
     step: jax.Array
@@ -23,3 +24,4 @@ class TrainState(struct.PyTreeNode):
     opt_state: Any
     rng: jax.Array
     aux_state: Any
+    masks: Any = None

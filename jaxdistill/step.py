@@ -9,7 +9,9 @@ outputs pass through `stop_gradient`, so no teacher gradient is ever formed.
 What the models are called on, the targets and the per-position weights come from the
 task (`jaxdistill.tasks`). With `ctx.chunk_size > 0` (language models) the models return
 their final hidden states instead of logits and the objective applies each model's output
-head chunk by chunk over the sequence (`jaxdistill.losses.chunked`).
+head chunk by chunk over the sequence (`jaxdistill.losses.chunked`). With `ctx.pruning` the
+student's masks (`TrainState.masks`) are updated on schedule and applied to its weights,
+gradients and optimizer moments (`jaxdistill.pruning`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import jax
 import optax
 from flax import nnx
 
+from jaxdistill import pruning
 from jaxdistill.losses.chunked import HIDDEN, Head, LogitChunks
 from jaxdistill.objective import PRIMARY, Objective
 from jaxdistill.state import TrainState
@@ -44,6 +47,7 @@ class StepContext:
     chunk_size: int = 0  # > 0: logit terms chunk by chunk over the sequence (see module doc)
     attention_maps: bool = False  # the models also return attention maps (a term uses them)
     token_store: bool = False  # the teacher's top-k entries come from the batch (LM token store)
+    pruning: Any = None  # a jaxdistill.pruning.PruningSpec: masks kept in TrainState.masks
 
     def call_kwargs(self, inputs: ModelInputs, *, chunked: bool) -> dict:
         """Keyword arguments of a model call on `inputs`."""
@@ -143,6 +147,7 @@ def student_update(ctx: StepContext, state: TrainState, inputs: ModelInputs, tea
     _, dropout_rng, term_rng = _step_rngs(state.rng, state.step)
     t_logits, t_features = teachers.get(PRIMARY, (None, None))
     chunked = ctx.chunk_size > 0
+    trainable, masks = pruning.prune(ctx.pruning, state.params, state.masks, state.step)
 
     def loss_fn(params):
         s_logits, s_features, new_stats = forward(
@@ -160,12 +165,16 @@ def student_update(ctx: StepContext, state: TrainState, inputs: ModelInputs, tea
         return total, (values, new_stats, aux_state)
 
     (total, (values, new_stats, aux_state)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+        loss_fn, has_aux=True)(trainable)
+    grads = pruning.mask_trainable(grads, masks)  # pruned weights get no update direction
+    updates, opt_state = ctx.tx.update(grads, state.opt_state, trainable)
+    params = pruning.mask_trainable(optax.apply_updates(trainable, updates), masks)
+    opt_state = pruning.mask_like_params(opt_state, masks)
     metrics = {"loss": total, **values, "grad_norm": optax.tree.norm(grads)}
+    if masks is not None:
+        metrics["sparsity"] = pruning.sparsity(masks)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
-                              opt_state=opt_state, aux_state=aux_state)
+                              opt_state=opt_state, aux_state=aux_state, masks=masks)
     return new_state, metrics
 
 

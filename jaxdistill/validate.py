@@ -420,6 +420,7 @@ def _mesh(config) -> None:
 def check_config(config) -> None:
     """Raises a one-line ValueError naming the field (its full path) for the first field of
     `config` whose name, type or value is wrong (see the module doc). Reads nothing."""
+    from jaxdistill import pruning
     from jaxdistill.augment import KINDS
     from jaxdistill.data.pipeline import READERS
     from jaxdistill.losses.chunked import check_chunk_size
@@ -481,6 +482,7 @@ def check_config(config) -> None:
         raise ValueError("config.teacher.checkpoint is empty, so the teacher is trained here, on "
                          "labels, but config.data.labeled is False; point "
                          "config.teacher.checkpoint at a trained teacher")
+    pruning.check_config(config)
     _extra_teachers(config, task_cls)
     _objective(config, task_cls)
 
