@@ -115,6 +115,13 @@ class Objective:
     def aux_terms(self) -> tuple[Term, ...]:
         return tuple(t for t in self.terms if t.spec.make_aux is not None)
 
+    @property
+    def own_learning_rates(self) -> dict[str, float]:
+        """{term: learning rate} of the aux terms with their own optimizer (`make_optimizer`'s
+        `own`)."""
+        return {t.name: float(dict(t.hparams).get("learning_rate", 1e-4))
+                for t in self.aux_terms if t.spec.own_optimizer}
+
     def check_models(self, views: Views) -> None:
         """Raises ValueError if a term names a teacher that is not configured, or a feature
         its model does not return (checked on abstract `views`)."""
