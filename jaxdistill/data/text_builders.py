@@ -13,7 +13,8 @@ given tokenizer: e.g. `pystdlib/v8192_l256_all`, `pydoc_topics/v512_l64_d40`.
 - Tokenizer: trained (`tokenizer.train`) on the train documents' full text (prompt + text), or
   the given tokenizer.json; either way stored as `tokenizer.json` in the prepared dataset's
   directory, its sha256 in the metadata.
-- Examples: the windows of `packing.pack` over each split's documents, in order.
+- Examples: the windows of `packing.pack` over each split's documents, in order (for
+  `pystdlib_function_rows`: one function per window, `prompt_rows.rows`).
 - Metadata (`metadata.json`, `builder.info.metadata`): python_version, documents and
   target_tokens (positions of weight 1) per split, tokenizer_sha256, tokenizer_vocab_size,
   eot_id, pad_id.
@@ -27,7 +28,7 @@ import shutil
 
 import tensorflow_datasets as tfds
 
-from jaxdistill.data import corpora, packing, tokenizer
+from jaxdistill.data import corpora, packing, prompt_rows, tokenizer
 
 TEST_EVERY = 20
 TOKENIZER_FILE = "tokenizer.json"
@@ -67,6 +68,7 @@ class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     VERSION = tfds.core.Version("1.0.0")
     CORPUS: str
+    WINDOWS = staticmethod(packing.pack)  # (documents, seq_len, eot_id) -> the windows' fields
 
     def _info(self) -> tfds.core.DatasetInfo:
         seq_len = self.builder_config.seq_len
@@ -98,7 +100,7 @@ class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         tok = tokenizer.load(path)
         eot_id = tok.token_to_id(tokenizer.EOT)
         windows = {
-            split: packing.pack(_packable(tok, docs), cfg.seq_len, eot_id)
+            split: self.WINDOWS(_packable(tok, docs), cfg.seq_len, eot_id)
             for split, docs in splits.items()
         }
         self.info.metadata.update(
@@ -135,5 +137,14 @@ class PystdlibFunctions(_TextBuilder):
     CORPUS = "pystdlib_functions"
 
 
+class PystdlibFunctionRows(_TextBuilder):
+    """`pystdlib_functions` one function per window (`prompt_rows`): what on-policy and
+    sequence-level distillation sample completions into."""
+
+    CORPUS = "pystdlib_functions"
+    WINDOWS = staticmethod(prompt_rows.rows)
+
+
 TEXT_BUILDERS = {"pystdlib": Pystdlib, "pydoc_topics": PydocTopics,
-                 "pystdlib_functions": PystdlibFunctions}
+                 "pystdlib_functions": PystdlibFunctions,
+                 "pystdlib_function_rows": PystdlibFunctionRows}
