@@ -88,8 +88,7 @@ def check_config(config) -> None:
 
 
 def _key(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                    for k in path)
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _name(key: str) -> str:
