@@ -41,6 +41,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.lm.sample_prompt = "def "     # causal_lm demo: the prompt of the samples in its table
     c.lm.sample_tokens = 48         # causal_lm demo: tokens sampled per model
 
+    c.onpolicy = ml_collections.ConfigDict()  # causal_lm on a rows dataset: GKD (jaxdistill.onpolicy)
+    c.onpolicy.lambda_ = 0.0        # probability that a batch's completions are the current student's samples
+    c.onpolicy.temperature = 1.0    # the student's sampling temperature
+    c.onpolicy.top_k = 0            # sample among the k most likely tokens (0: all)
+    c.onpolicy.top_p = 1.0          # nucleus mass (1.0: off)
+    c.onpolicy.greedy = False       # argmax decoding instead of sampling
+
+    c.seqkd = ml_collections.ConfigDict()  # sequence-level KD (jaxdistill.seqkd)
+    c.seqkd.enabled = False         # train on the teacher's completions of the prompts (generated once, stored)
+    c.seqkd.temperature = 1.0       # the teacher's sampling temperature
+    c.seqkd.top_k = 0               # sample among the k most likely tokens (0: all)
+    c.seqkd.top_p = 1.0             # nucleus mass (1.0: off)
+    c.seqkd.greedy = True           # argmax decoding (Kim & Rush's beam of one)
+    c.seqkd.seed = 0                # sampling key of the generation
+    c.seqkd.batch_size = 64         # prompts completed per sampler call
+
     c.student = ml_collections.ConfigDict()
     c.student.model = "mlp_student"  # registry name (jaxdistill.models.model_names())
     c.student.kwargs = ml_collections.ConfigDict()  # overrides of the registry entry's defaults
