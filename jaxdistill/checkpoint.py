@@ -174,8 +174,9 @@ class RunCheckpoints:
         record_digests(temporary if os.path.isdir(temporary) else final)
 
     def save(self, state: TrainState, position: int, metrics: dict | None = None) -> None:
-        """Starts an asynchronous save of `state` at its step; `metrics` ranks it for 'best'."""
-        step = int(jax.device_get(state.step))
+        """Starts an asynchronous save of `state` at its step (a population's states: their
+        common step); `metrics` ranks it for 'best'."""
+        step = int(np.max(jax.device_get(state.step)))
         model = {"params": state.params["student"], "batch_stats": state.batch_stats}
         train = {"aux": state.params["aux"], "aux_state": state.aux_state,
                  "opt_state": state.opt_state, "step": state.step, "rng": state.rng}

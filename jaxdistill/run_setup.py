@@ -211,9 +211,8 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
                     if objective.needs_split_labels and config.data.labeled else None)
     objective = objective.bind(views, num_data=info.splits[config.data.train_split],
                                split_labels=split_labels)
-    own = {t.name: float(dict(t.hparams).get("learning_rate", 1e-4))
-           for t in objective.aux_terms if t.spec.own_optimizer}
-    tx, schedule = make_optimizer(config.optimizer, config.num_steps, own)
+    tx, schedule = make_optimizer(config.optimizer, config.num_steps,
+                                  objective.own_learning_rates)
 
     def init_state(rng):
         _, params, stats = nnx.split(make_student(nnx.Rngs(params=rng)), nnx.Param,

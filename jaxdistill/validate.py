@@ -500,6 +500,9 @@ def check_config(config) -> None:
     _at_least(config, "optimizer.weight_decay", 0)
     _at_least(config, "optimizer.grad_clip", 0, "0 turns clipping off")
     _mesh(config)
+    _at_least(config, "data.seed", -1, "-1 takes config.seed")
+    from jaxdistill.population_config import check_population
+    check_population(config)
 
 
 # ---------------------------------------------------------------------------- the data
