@@ -179,7 +179,7 @@ def test_untied_head_and_bf16(tiny):
 def test_hidden_head_and_attention_maps(tiny):
     tokens, segment_ids, positions = _packed_inputs()
     logits, features = _apply(tiny, tokens, segment_ids, positions)
-    assert set(features) == {"block1", "block2", "hidden"}
+    assert set(features) == {"block1", "block2", "hidden", "last_hidden"}
     assert all(f.shape == (2, L, 64) for f in features.values())
     np.testing.assert_array_equal(jax.jit(tiny.logits_from_hidden)(features["hidden"]), logits)
     none, no_head = _apply(tiny, tokens, segment_ids, positions, logits=False)
@@ -322,7 +322,7 @@ def test_registered_sizes(name):
     tokens = jax.ShapeDtypeStruct((2, 64), jnp.int32)
     logits, features = nnx.eval_shape(lambda m, x: m(x), model, tokens)
     assert logits.shape == (2, 64, 32768) and logits.dtype == jnp.float32
-    assert set(features) == {f"block{i}" for i in range(1, depth + 1)} | {"hidden"}
+    assert set(features) == {f"block{i}" for i in range(1, depth + 1)} | {"hidden", "last_hidden"}
     assert features["hidden"].shape == (2, 64, dim)
 
 

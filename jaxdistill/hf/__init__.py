@@ -70,6 +70,29 @@ def fill(abstract, arrays: dict[str, np.ndarray], where: str = "the checkpoint")
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+class Picker:
+    """Takes a checkpoint's tensors by name, so that a loader can check at the end that it
+    used every one (``ignored``: name endings of buffers that may be left over)."""
+
+    def __init__(self, tensors: dict[str, np.ndarray], where: str, ignored=()):
+        self.left, self.where, self.ignored = dict(tensors), where, tuple(ignored)
+
+    def __call__(self, name: str) -> np.ndarray:
+        if name not in self.left:
+            raise ValueError(f"{self.where}: tensor {name!r} is missing; is the checkpoint "
+                             "complete and of this model_type?")
+        return self.left.pop(name)
+
+    def drop(self, name: str) -> None:
+        self.left.pop(name, None)
+
+    def check_all_used(self) -> None:
+        unused = sorted(n for n in self.left if not n.endswith(self.ignored))
+        if unused:
+            raise ValueError(f"{self.where}: {len(unused)} tensor(s) the model has no place for, "
+                             f"e.g. {unused[:3]}")
+
+
 def assemble(make: Callable[[nnx.Rngs], nnx.Module], arrays: dict[str, np.ndarray], *,
              shardings: Callable | None = None, where: str = "the checkpoint") -> nnx.Module:
     """The model ``make(rngs)`` builds, with its parameters from ``arrays`` (see ``fill``)
@@ -81,6 +104,17 @@ def assemble(make: Callable[[nnx.Rngs], nnx.Module], arrays: dict[str, np.ndarra
         state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                              state, shardings(state))
     return nnx.merge(graphdef, fill(state, arrays, where))
+
+
+def load_family(builder: Callable, arrays: Callable, hf_config: dict, tensors: dict, *,
+                dtype=jnp.float32, max_seq_len: int | None = None,
+                shardings: Callable | None = None) -> tuple[nnx.Module, dict]:
+    """A family module's ``load``: its ``builder(hf_config, dtype=, max_seq_len=) -> (make,
+    info)`` model, filled by ``assemble`` with ``arrays(hf_config, tensors)``."""
+    make, info = builder(hf_config, dtype=dtype, max_seq_len=max_seq_len)
+    model = assemble(make, arrays(hf_config, tensors), shardings=shardings,
+                     where=f"{hf_config['model_type']} checkpoint")
+    return model, info
 
 
 def from_pretrained(path: str, *, dtype="float32", max_seq_len: int | None = None,
@@ -108,4 +142,4 @@ def from_pretrained(path: str, *, dtype="float32", max_seq_len: int | None = Non
                    "params": params, "tokenizer": files.tokenizer_path(path)}
 
 
-__all__ = ["FAMILIES", "assemble", "family", "fill", "from_pretrained"]
+__all__ = ["FAMILIES", "Picker", "assemble", "family", "fill", "from_pretrained", "load_family"]

@@ -6,7 +6,8 @@ Token embedding; ``depth`` pre-RMSNorm blocks, each ``x + attn(norm(x))`` then
 with rotary position embeddings on queries and keys (Su et al., "RoFormer", 2021; the
 rotate-half form: feature ``i`` pairs with ``i + head_dim / 2``) and the MLP is SwiGLU
 (Shazeer, "GLU Variants Improve Transformer", 2020); a final RMSNorm and an output head tied to
-the embedding or a separate linear one. No biases anywhere.
+the embedding or a separate linear one. No biases, except optional ones on the query, key and
+value projections (``qkv_bias``, as Qwen2 has).
 
 Attention runs through ``jax.nn.dot_product_attention`` with a causal mask that respects
 packing: query ``q`` sees key ``k`` iff ``k <= q`` and both carry the same segment id. Compute
@@ -100,7 +101,7 @@ class Attention(nnx.Module):
     ``kv_heads``."""
 
     def __init__(self, dim: int, heads: int, kv_heads: int, head_dim: int, rope_theta: float,
-                 *, rngs: nnx.Rngs):
+                 qkv_bias: bool = False, *, rngs: nnx.Rngs):
         self.rope_theta = rope_theta
         into = _fan_in(0, (1, 2))
         self.q = named_param(into, rngs.params(), (dim, heads, head_dim), ("embed", "heads", "kv"))
@@ -110,10 +111,16 @@ class Attention(nnx.Module):
                              ("embed", "kv_heads", "kv"))
         self.o = named_param(_fan_in((0, 1), 2), rngs.params(), (heads, head_dim, dim),
                              ("heads", "kv", "embed"))
+        self.biases = nnx.List([
+            named_param(nnx.initializers.zeros, rngs.params(), (n, head_dim), (axis, "kv"))
+            for n, axis in ((heads, "heads"), (kv_heads, "kv_heads"), (kv_heads, "kv_heads"))]
+        ) if qkv_bias else None
 
     def _qkv(self, x: jax.Array, positions: jax.Array):
         q, k, v = (jnp.einsum("bld,dnh->blnh", x, w[...].astype(x.dtype))
                    for w in (self.q, self.k, self.v))
+        if self.biases is not None:
+            q, k, v = (y + b[...].astype(y.dtype) for y, b in zip((q, k, v), self.biases))
         return rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta), v
 
     def _out(self, context: jax.Array) -> jax.Array:
@@ -154,9 +161,10 @@ class Block(nnx.Module):
     """Pre-norm block: ``x + dropout(attn(norm(x)))``, then ``x + dropout(mlp(norm(x)))``."""
 
     def __init__(self, dim: int, heads: int, kv_heads: int, head_dim: int, mlp_dim: int,
-                 rope_theta: float, norm_eps: float, dropout: float, *, rngs: nnx.Rngs):
+                 rope_theta: float, norm_eps: float, dropout: float, qkv_bias: bool = False,
+                 *, rngs: nnx.Rngs):
         self.attn_norm = RMSNorm(dim, norm_eps, rngs=rngs)
-        self.attn = Attention(dim, heads, kv_heads, head_dim, rope_theta, rngs=rngs)
+        self.attn = Attention(dim, heads, kv_heads, head_dim, rope_theta, qkv_bias, rngs=rngs)
         self.mlp_norm = RMSNorm(dim, norm_eps, rngs=rngs)
         self.mlp = SwiGLU(dim, mlp_dim, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
@@ -188,10 +196,12 @@ class Decoder(nnx.Module):
     ``[dim, vocab]`` head; ``dropout`` applies to both residual branches in train mode;
     ``max_seq_len`` (None: any) bounds the sequence length the model is built for;
     ``remat`` recomputes each block in the backward pass of a training call, keeping only
-    the blocks' inputs (activation memory of one block instead of all of them).
+    the blocks' inputs (activation memory of one block instead of all of them);
+    ``qkv_bias`` adds learned biases to the query, key and value projections.
 
     Features: ``block{i}`` (block i's output ``[B, L, dim]``, i from 1), ``hidden`` (the final
-    RMS-normed hidden state, what the head reads) and, with ``attention_maps=True``,
+    RMS-normed hidden state, what the head reads; also as ``last_hidden``, the name every
+    registry token model and ``jaxdistill.hf`` give it) and, with ``attention_maps=True``,
     ``attn{i}`` (float32 attention probabilities ``[B, heads, L, L]``), all in the compute
     dtype except the maps.
     """
@@ -201,7 +211,7 @@ class Decoder(nnx.Module):
     def __init__(self, dim: int, depth: int, heads: int, kv_heads: int, mlp_dim: int,
                  head_dim: int | None = None, tie_embeddings: bool = True,
                  rope_theta: float = 10_000.0, norm_eps: float = 1e-5, dropout: float = 0.0,
-                 max_seq_len: int | None = None, remat: bool = False, *,
+                 max_seq_len: int | None = None, remat: bool = False, qkv_bias: bool = False, *,
                  num_classes: int, input_shape: tuple[int], dtype: Any = F32, rngs: nnx.Rngs):
         for field, value in (("dim", dim), ("depth", depth), ("heads", heads),
                              ("kv_heads", kv_heads), ("mlp_dim", mlp_dim)):
@@ -237,7 +247,7 @@ class Decoder(nnx.Module):
                                      rngs.params(), (num_classes, dim), ("vocab", "embed"))
         self.blocks = nnx.List([
             Block(dim, heads, kv_heads, head_dim, mlp_dim, rope_theta, norm_eps, dropout,
-                  rngs=rngs) for _ in range(depth)])
+                  qkv_bias, rngs=rngs) for _ in range(depth)])
         self.norm = RMSNorm(dim, norm_eps, rngs=rngs)
         self.head = None if tie_embeddings else named_param(
             _fan_in(0, 1), rngs.params(), (dim, num_classes), ("embed", "vocab"))
@@ -291,7 +301,7 @@ class Decoder(nnx.Module):
             features[f"block{i}"] = h
             if attention_maps:
                 features[f"attn{i}"] = probs
-        features["hidden"] = h = self.norm(h)
+        features["hidden"] = features["last_hidden"] = h = self.norm(h)
         return (self.logits_from_hidden(h) if logits else None), features
 
     def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> list[dict]:
