@@ -184,21 +184,29 @@ def train_step(ctx: StepContext, state: TrainState, teacher, batch):
     return student_update(ctx, state, inputs, teachers, batch, teacher)
 
 
+def eval_output(task: Task, logits, features):
+    """What the task's eval compares: the logits, or the feature it names as its
+    `eval_feature` (an encoder's sentence embedding)."""
+    name = getattr(task, "eval_feature", None)
+    return logits if name is None else features[name]
+
+
 def teacher_eval_logits(ctx: StepContext, teacher, batch):
-    """The primary teacher's eval-mode logits on a batch, or None."""
+    """The primary teacher's eval-mode logits (or `eval_output`) on a batch, or None."""
     if ctx.teacher_def is None:
         return None
     inputs = ctx.task.inputs(batch, None, train=False)
-    logits, _, _ = _run(ctx, ctx.teacher_def, teacher, inputs, train=False, chunked=False)
-    return jax.lax.stop_gradient(logits)
+    logits, features, _ = _run(ctx, ctx.teacher_def, teacher, inputs, train=False,
+                               chunked=False)
+    return jax.lax.stop_gradient(eval_output(ctx.task, logits, features))
 
 
 def eval_sums(ctx: StepContext, state: TrainState, teacher_logits, batch):
     """The task's sums over one eval batch (student and, given its logits, teacher)."""
     inputs = ctx.task.inputs(batch, None, train=False)
-    s_logits, _, _ = forward(ctx.student_def, state.params["student"], state.batch_stats,
-                             inputs.x, train=False, **inputs.kwargs)
-    return ctx.task.eval_sums(s_logits, teacher_logits, batch)
+    s_logits, s_features, _ = forward(ctx.student_def, state.params["student"],
+                                      state.batch_stats, inputs.x, train=False, **inputs.kwargs)
+    return ctx.task.eval_sums(eval_output(ctx.task, s_logits, s_features), teacher_logits, batch)
 
 
 def eval_step(ctx: StepContext, state: TrainState, teacher, batch):

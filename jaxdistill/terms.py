@@ -202,6 +202,34 @@ def pkt(v: Views, student_feature: str = "embedding", teacher_feature: str = "em
     return losses.pkt_loss(s.reshape(s.shape[0], -1), t.reshape(t.shape[0], -1))
 
 
+# --- sentence embeddings (task 'sentence_embedding': labels are the token mask) ---------
+
+def embed_cos(v: Views, student_feature: str = "embedding", teacher_feature: str = "embedding"):
+    """1 - cos of the pooled sentence embeddings."""
+    return losses.cosine_distance(*_pair(v, student_feature, teacher_feature))
+
+
+def embed_mse(v: Views, student_feature: str = "embedding", teacher_feature: str = "embedding"):
+    """MSE of the L2-normalised pooled sentence embeddings."""
+    return losses.normalized_mse(*_pair(v, student_feature, teacher_feature))
+
+
+def hidden_mse(v: Views, student_feature: str | tuple[str, ...],
+               teacher_feature: str | tuple[str, ...]):
+    """TinyBERT hidden-state transfer over the real tokens, summed over the layer pairs
+    (e.g. `('block1', 'block2')` and `('block3', 'block6')`)."""
+    return sum(losses.masked_hidden_mse(*_pair(v, s, t), v.labels)
+               for s, t in _feature_pairs(student_feature, teacher_feature))
+
+
+def attn_kl(v: Views, student_feature: str | tuple[str, ...],
+            teacher_feature: str | tuple[str, ...]):
+    """MiniLM attention-distribution transfer over the real query tokens, summed over the
+    layer pairs (`attn<i>` features)."""
+    return sum(losses.masked_attention_kl(*_pair(v, s, t), v.labels)
+               for s, t in _feature_pairs(student_feature, teacher_feature))
+
+
 # --- contrastive (CRD) ----------------------------------------------------------------
 
 CRD_NEGATIVES = ("auto", "other_class", "uniform")
@@ -315,6 +343,10 @@ TERMS: dict[str, TermSpec] = {
     "sp": TermSpec(sp),
     "rkd": TermSpec(rkd),
     "pkt": TermSpec(pkt),
+    "embed_cos": TermSpec(embed_cos),
+    "embed_mse": TermSpec(embed_mse),
+    "hidden_mse": TermSpec(hidden_mse),
+    "attn_kl": TermSpec(attn_kl),
     "crd": TermSpec(crd, make_aux=make_crd, takes_split_labels=True),
     "adversarial": TermSpec(adversarial, make_aux=make_adversarial, own_optimizer=True),
 }

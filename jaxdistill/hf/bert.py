@@ -1,51 +1,51 @@
 """BERT-style encoders from Hugging Face checkpoints into `jaxdistill.models.bert.Bert`.
 
 `load(hf_config, tensors)` maps the tensors of a ``BertModel`` checkpoint (names as
-``save_pretrained`` writes them, with or without a ``bert.`` prefix) onto the NNX model:
+``save_pretrained`` writes them, with or without a ``bert.`` prefix) onto the NNX model
+(through ``hf.load_family``, straight into given shardings):
 torch's ``Linear`` weights ``[out, in]`` become ``[in, out]`` kernels, the query/key/value
 outputs and the attention output's input are split into ``[heads, head_dim]``, LayerNorm
-``weight``/``bias`` become ``scale``/``bias``. The pooler, ``position_ids`` and any head
-(e.g. an MLM head) are not used and are listed in the info. Parameters are float32 (bfloat16
-checkpoints are widened exactly).
+``weight``/``bias`` become ``scale``/``bias``. The pooler and ``position_ids`` are not used;
+a checkpoint with a head (e.g. an MLM head) is refused, naming the tensors. Parameters are
+float32 (bfloat16 checkpoints are widened exactly).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
+from jaxdistill import hf
 from jaxdistill.models.bert import Bert
 
-ARCHITECTURE = ("dim", "depth", "heads", "mlp_dim", "max_positions", "type_vocab_size",
-                "norm_eps")
-_BLOCK = {  # model path in a block -> (checkpoint name in encoder.layer.<i>., kind)
-    ("q", "kernel"): ("attention.self.query.weight", "split_out"),
-    ("q", "bias"): ("attention.self.query.bias", "split_bias"),
-    ("k", "kernel"): ("attention.self.key.weight", "split_out"),
-    ("k", "bias"): ("attention.self.key.bias", "split_bias"),
-    ("v", "kernel"): ("attention.self.value.weight", "split_out"),
-    ("v", "bias"): ("attention.self.value.bias", "split_bias"),
-    ("o", "kernel"): ("attention.output.dense.weight", "split_in"),
-    ("o", "bias"): ("attention.output.dense.bias", "plain"),
-    ("attn_norm", "scale"): ("attention.output.LayerNorm.weight", "plain"),
-    ("attn_norm", "bias"): ("attention.output.LayerNorm.bias", "plain"),
-    ("up", "kernel"): ("intermediate.dense.weight", "transpose"),
-    ("up", "bias"): ("intermediate.dense.bias", "plain"),
-    ("down", "kernel"): ("output.dense.weight", "transpose"),
-    ("down", "bias"): ("output.dense.bias", "plain"),
-    ("mlp_norm", "scale"): ("output.LayerNorm.weight", "plain"),
-    ("mlp_norm", "bias"): ("output.LayerNorm.bias", "plain"),
+IGNORED = ("position_ids", "pooler.dense.weight", "pooler.dense.bias")  # not used by Bert
+_BLOCK = {  # path in a block -> (checkpoint name under encoder.layer.<i>., layout)
+    "q.kernel": ("attention.self.query.weight", "split_out"),
+    "q.bias": ("attention.self.query.bias", "split_bias"),
+    "k.kernel": ("attention.self.key.weight", "split_out"),
+    "k.bias": ("attention.self.key.bias", "split_bias"),
+    "v.kernel": ("attention.self.value.weight", "split_out"),
+    "v.bias": ("attention.self.value.bias", "split_bias"),
+    "o.kernel": ("attention.output.dense.weight", "split_in"),
+    "o.bias": ("attention.output.dense.bias", "plain"),
+    "attn_norm.scale": ("attention.output.LayerNorm.weight", "plain"),
+    "attn_norm.bias": ("attention.output.LayerNorm.bias", "plain"),
+    "up.kernel": ("intermediate.dense.weight", "transpose"),
+    "up.bias": ("intermediate.dense.bias", "plain"),
+    "down.kernel": ("output.dense.weight", "transpose"),
+    "down.bias": ("output.dense.bias", "plain"),
+    "mlp_norm.scale": ("output.LayerNorm.weight", "plain"),
+    "mlp_norm.bias": ("output.LayerNorm.bias", "plain"),
 }
 _EMBEDDINGS = {
-    ("word_embeddings",): "embeddings.word_embeddings.weight",
-    ("position_embeddings",): "embeddings.position_embeddings.weight",
-    ("token_type_embeddings",): "embeddings.token_type_embeddings.weight",
-    ("embed_norm", "scale"): "embeddings.LayerNorm.weight",
-    ("embed_norm", "bias"): "embeddings.LayerNorm.bias",
+    "word_embeddings": "embeddings.word_embeddings.weight",
+    "position_embeddings": "embeddings.position_embeddings.weight",
+    "token_type_embeddings": "embeddings.token_type_embeddings.weight",
+    "embed_norm.scale": "embeddings.LayerNorm.weight",
+    "embed_norm.bias": "embeddings.LayerNorm.bias",
 }
 
 
@@ -68,9 +68,32 @@ def architecture(hf_config: Mapping[str, Any]) -> dict[str, Any]:
             "norm_eps": float(hf_config.get("layer_norm_eps", 1e-12))}
 
 
-def _convert(array, kind: str, heads: int) -> np.ndarray:
+def builder(hf_config: dict, *, dtype: Any, max_seq_len: int | None = None,
+            layers: Sequence[int] | None = None):
+    """(``make(rngs)`` building the empty `Bert` of ``hf_config`` with the encoder layers
+    ``layers`` (default all), info) from config.json alone."""
+    kwargs = architecture(hf_config)
+    layers = _layers(layers, kwargs["depth"])
+    kwargs["depth"] = len(layers)
+    length = kwargs["max_positions"] if max_seq_len is None else int(max_seq_len)
+    vocab = int(hf_config["vocab_size"])
+
+    def make(rngs):
+        return Bert(**kwargs, num_classes=vocab, input_shape=(length,), dtype=dtype, rngs=rngs)
+    info = {"family": "bert", "vocab_size": vocab, "hidden_size": kwargs["dim"],
+            "layers": layers, "max_seq_len": length, "kwargs": kwargs}
+    return make, info
+
+
+def _layers(layers, depth: int) -> tuple[int, ...]:
+    layers = tuple(range(depth)) if layers is None else tuple(int(i) for i in layers)
+    if not layers or any(not 0 <= i < depth for i in layers):
+        raise ValueError(f"layers {layers} must be indices into the checkpoint's {depth} layers")
+    return layers
+
+
+def _convert(x: np.ndarray, kind: str, heads: int) -> np.ndarray:
     """A checkpoint tensor in the layout of the model parameter (see module doc)."""
-    x = np.asarray(array, np.float32)
     if kind == "transpose":
         return x.T
     if kind == "split_out":  # [heads * head_dim, dim] -> [dim, heads, head_dim]
@@ -82,61 +105,31 @@ def _convert(array, kind: str, heads: int) -> np.ndarray:
     return x
 
 
-def load(hf_config: Mapping[str, Any], tensors: Mapping[str, Any], *,
-         layers: Sequence[int] | None = None, max_len: int | None = None,
-         dtype: Any = jnp.float32) -> tuple[Bert, dict[str, Any]]:
-    """(`Bert` holding the checkpoint's weights, info) of a BERT config.json and its tensors.
-
-    layers: the checkpoint's encoder layers to keep, in order (default all): e.g. ``(0, 5)``
-    builds a 2-layer model from layers 0 and 5, the teacher-layer initialisation of
-    DistilBERT / TinyBERT students. max_len: the longest input it is built for (default
-    max_position_embeddings). info: ``model`` (the registry class name), ``kwargs`` (its
-    architecture), ``vocab_size``, ``layers`` and ``unused`` (checkpoint tensors not loaded).
-    """
-    kwargs = architecture(hf_config)
-    depth = kwargs["depth"]
-    layers = tuple(range(depth)) if layers is None else tuple(int(i) for i in layers)
-    if not layers or any(not 0 <= i < depth for i in layers):
-        raise ValueError(f"layers {layers} must be indices into the checkpoint's {depth} layers")
-    kwargs["depth"] = len(layers)
+def arrays(hf_config: dict, tensors: dict[str, np.ndarray],
+           layers: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """{Bert parameter path: array} of a BertModel checkpoint's tensors, keeping the encoder
+    layers ``layers`` (default all) in that order (see the module doc)."""
+    depth, heads = int(hf_config["num_hidden_layers"]), int(hf_config["num_attention_heads"])
+    layers = _layers(layers, depth)
     prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""
-    vocab = int(hf_config["vocab_size"])
-    max_len = kwargs["max_positions"] if max_len is None else int(max_len)
-    abstract = nnx.eval_shape(lambda: Bert(**kwargs, num_classes=vocab, input_shape=(max_len,),
-                                           dtype=dtype, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    pure = nnx.to_pure_dict(state)
-    used = set()
-
-    def take(name: str, kind: str, shape) -> np.ndarray:
-        key = prefix + name
-        if key not in tensors:
-            raise ValueError(f"checkpoint has no tensor {key!r}")
-        value = _convert(tensors[key], kind, kwargs["heads"])
-        if value.shape != tuple(shape):
-            raise ValueError(f"checkpoint tensor {key!r} has shape {np.shape(tensors[key])}, "
-                             f"which does not fit the parameter's {tuple(shape)}")
-        used.add(key)
-        return value
-
-    def put(tree, path, value):
-        for key in path[:-1]:
-            tree = tree[key]
-        tree[path[-1]] = jnp.asarray(value)
-
-    def get(tree, path):
-        for key in path:
-            tree = tree[key]
-        return tree
-
-    for path, name in _EMBEDDINGS.items():
-        put(pure, path, take(name, "plain", get(pure, path).shape))
+    pick = hf.Picker(tensors, "bert checkpoint", ignored=IGNORED)
+    out = {path: pick(prefix + name) for path, name in _EMBEDDINGS.items()}
     for j, i in enumerate(layers):
         for path, (name, kind) in _BLOCK.items():
-            full = ("blocks", j, *path)
-            put(pure, full, take(f"encoder.layer.{i}.{name}", kind, get(pure, full).shape))
-    nnx.replace_by_pure_dict(state, pure)
-    model = nnx.merge(graphdef, state)
-    info = {"model": "Bert", "kwargs": kwargs, "vocab_size": vocab, "layers": layers,
-            "unused": sorted(set(tensors) - used)}
-    return model, info
+            out[f"blocks.{j}.{path}"] = _convert(pick(f"{prefix}encoder.layer.{i}.{name}"), kind,
+                                                 heads)
+    for i in sorted(set(range(depth)) - set(layers)):  # layers the model does not keep
+        for name, _ in _BLOCK.values():
+            pick.drop(f"{prefix}encoder.layer.{i}.{name}")
+    pick.check_all_used()
+    return out
+
+
+def load(hf_config: dict, tensors: dict[str, np.ndarray], *,
+         layers: Sequence[int] | None = None, **kwargs) -> tuple[Bert, dict]:
+    """(`Bert`, info) of a BertModel checkpoint (see ``hf.load_family``). layers: the
+    checkpoint's encoder layers to keep, in order (default all): e.g. ``(0, 5)`` builds a
+    2-layer model from layers 0 and 5, the teacher-layer initialisation of DistilBERT /
+    TinyBERT students."""
+    return hf.load_family(functools.partial(builder, layers=layers),
+                          functools.partial(arrays, layers=layers), hf_config, tensors, **kwargs)

@@ -11,6 +11,13 @@ from jaxdistill.losses.contrastive import (
     sample_negatives,
     sample_other_class_negatives,
 )
+from jaxdistill.losses.embedding import (
+    cosine_distance,
+    masked_attention_kl,
+    masked_hidden_mse,
+    masked_token_mean,
+    normalized_mse,
+)
 from jaxdistill.losses.features import (
     adaptive_avg_pool,
     attention_distribution_loss,
@@ -41,6 +48,7 @@ __all__ = [
     "attention_distribution_loss",
     "attention_map",
     "attention_transfer_loss",
+    "cosine_distance",
     "crd_init_bank",
     "crd_nce_loss",
     "crd_normalizer",
@@ -55,7 +63,11 @@ __all__ = [
     "jsd",
     "kd_loss",
     "l2_normalize",
+    "masked_attention_kl",
+    "masked_hidden_mse",
+    "masked_token_mean",
     "max_other_class_negatives",
+    "normalized_mse",
     "pkt_loss",
     "reverse_kl",
     "rkd_loss",

@@ -4,7 +4,8 @@ A task owns the batch schema and its abstract shapes, what the models are called
 augmentation lives in the classification task), the targets and the per-position weights
 that the objective's weighted mean reduces with, the eval sums and their final metrics, the
 metric that ranks checkpoints and the throughput unit. `classification` is the default;
-`causal_lm` distils decoder language models token by token.
+`causal_lm` distils decoder language models token by token; `sentence_embedding` distils
+an encoder's pooled sentence embeddings.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 from jaxdistill.tasks.base import Task
 from jaxdistill.tasks.causal_lm import CausalLM
 from jaxdistill.tasks.classification import Classification
+from jaxdistill.tasks.sentence_embedding import SentenceEmbedding
 
-TASKS: dict[str, type[Task]] = {"classification": Classification, "causal_lm": CausalLM}
+TASKS: dict[str, type[Task]] = {"classification": Classification, "causal_lm": CausalLM,
+                                "sentence_embedding": SentenceEmbedding}
 
 
 def task_class(name: str) -> type[Task]:
@@ -23,4 +26,4 @@ def task_class(name: str) -> type[Task]:
     return TASKS[name]
 
 
-__all__ = ["TASKS", "CausalLM", "Classification", "Task", "task_class"]
+__all__ = ["TASKS", "CausalLM", "Classification", "SentenceEmbedding", "Task", "task_class"]
