@@ -63,6 +63,23 @@ def _packable(tok, documents: list[corpora.Document]) -> list:
     return [(p, t) if d.prompt else t for d, p, t in zip(documents, prompts, texts)]
 
 
+def split_documents(corpus: str, max_documents: int) -> dict[str, list[corpora.Document]]:
+    """The corpus' first `max_documents` documents (0 = all) by split (module doc)."""
+    documents = list(itertools.islice(corpora.CORPORA[corpus](), max_documents or None))
+    return {"train": [d for i, d in enumerate(documents) if i % TEST_EVERY],
+            "test": [d for i, d in enumerate(documents) if i % TEST_EVERY == 0]}
+
+
+def save_tokenizer(path: str, cfg, train_documents: list[corpora.Document]):
+    """Writes `cfg.tokenizer` (a copy), or one trained on `train_documents` with
+    `cfg.vocab_size` tokens, to `path`; returns it loaded."""
+    if cfg.tokenizer:
+        shutil.copyfile(cfg.tokenizer, path)
+    else:
+        tokenizer.train([d.prompt + d.text for d in train_documents], cfg.vocab_size).save(path)
+    return tokenizer.load(path)
+
+
 class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared body: subclasses set CORPUS (a key of `corpora.CORPORA`)."""
 
@@ -87,17 +104,9 @@ class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
         cfg = self.builder_config
-        documents = list(itertools.islice(corpora.CORPORA[self.CORPUS](), cfg.max_documents or None))
-        splits = {
-            "train": [d for i, d in enumerate(documents) if i % TEST_EVERY],
-            "test": [d for i, d in enumerate(documents) if i % TEST_EVERY == 0],
-        }
+        splits = split_documents(self.CORPUS, cfg.max_documents)
         path = os.fspath(self.data_path / TOKENIZER_FILE)
-        if cfg.tokenizer:
-            shutil.copyfile(cfg.tokenizer, path)
-        else:
-            tokenizer.train([d.prompt + d.text for d in splits["train"]], cfg.vocab_size).save(path)
-        tok = tokenizer.load(path)
+        tok = save_tokenizer(path, cfg, splits["train"])
         eot_id = tok.token_to_id(tokenizer.EOT)
         windows = {
             split: self.WINDOWS(_packable(tok, docs), cfg.seq_len, eot_id)
