@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.student.kwargs = ml_collections.ConfigDict()  # overrides of the registry entry's defaults
     c.student.num_classes = 0       # 0 = the dataset's class count
     c.student.dtype = "float32"     # compute dtype ('float32' or 'bfloat16'); params stay float32
+    c.student.quantization = "none"  # QAT through qwix: 'none' | 'int8' (int8 weights + activations) | 'int4_weights' (jaxdistill.quantization)
     c.student.pruning = ml_collections.ConfigDict()  # weight pruning (jaxdistill.pruning)
     c.student.pruning.method = "none"  # 'none' | 'magnitude' (Zhu & Gupta 2017) | 'nm' (N:M structured)
     c.student.pruning.sparsity = 0.0  # magnitude: final fraction of prunable weights set to zero, in [0, 1)

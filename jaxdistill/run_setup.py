@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from jaxdistill import checkpoint, data, parallel, pruning, validate
+from jaxdistill import checkpoint, data, parallel, pruning, quantization, validate
 from jaxdistill import store as store_lib
 from jaxdistill.store import tokens as store_tokens
 from jaxdistill.flops import dot_conv_flops, program_flops
@@ -161,6 +161,8 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
     make_student = model_factory(config.student, "config.student", classes,
                                  task.model_io(info)[1],
                                  _dtype(config.student.dtype, "config.student.dtype"), task)
+    make_student = quantization.qat_factory(make_student, config.student.quantization,
+                                            task.model_io(info)[1], task.input_dtype)
     student_def, s_params, s_stats = nnx.split(
         nnx.eval_shape(lambda: make_student(nnx.Rngs(0))), nnx.Param, nnx.BatchStat)
     s_vars = {"params": s_params, "batch_stats": s_stats}

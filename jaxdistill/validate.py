@@ -420,7 +420,7 @@ def _mesh(config) -> None:
 def check_config(config) -> None:
     """Raises a one-line ValueError naming the field (its full path) for the first field of
     `config` whose name, type or value is wrong (see the module doc). Reads nothing."""
-    from jaxdistill import pruning
+    from jaxdistill import pruning, quantization
     from jaxdistill.augment import KINDS
     from jaxdistill.data.pipeline import READERS
     from jaxdistill.losses.chunked import check_chunk_size
@@ -483,6 +483,7 @@ def check_config(config) -> None:
                          "labels, but config.data.labeled is False; point "
                          "config.teacher.checkpoint at a trained teacher")
     pruning.check_config(config)
+    quantization.check_config(config)
     _extra_teachers(config, task_cls)
     _objective(config, task_cls)
 
