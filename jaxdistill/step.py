@@ -48,6 +48,7 @@ class StepContext:
     attention_maps: bool = False  # the models also return attention maps (a term uses them)
     token_store: bool = False  # the teacher's top-k entries come from the batch (LM token store)
     pruning: Any = None  # a jaxdistill.pruning.PruningSpec: masks kept in TrainState.masks
+    onpolicy: Any = None  # a jaxdistill.onpolicy.OnPolicy: completions sampled from the student
 
     def call_kwargs(self, inputs: ModelInputs, *, chunked: bool) -> dict:
         """Keyword arguments of a model call on `inputs`."""
@@ -179,9 +180,14 @@ def student_update(ctx: StepContext, state: TrainState, inputs: ModelInputs, tea
 
 
 def train_step(ctx: StepContext, state: TrainState, teacher, batch):
-    """One step: teacher inference and the student's update in one program."""
+    """One step: teacher inference and the student's update in one program (on-policy:
+    the student's sampling first, `jaxdistill.onpolicy`)."""
+    sampled = {}
+    if ctx.onpolicy is not None:
+        batch, sampled = ctx.onpolicy.batch(ctx.student_def, state, batch)
     inputs, teachers = teacher_step(ctx, state.rng, state.step, teacher, batch)
-    return student_update(ctx, state, inputs, teachers, batch, teacher)
+    state, metrics = student_update(ctx, state, inputs, teachers, batch, teacher)
+    return state, {**metrics, **sampled}
 
 
 def eval_output(task: Task, logits, features):
