@@ -62,6 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.student.kwargs = ml_collections.ConfigDict()  # overrides of the registry entry's defaults
     c.student.num_classes = 0       # 0 = the dataset's class count
     c.student.dtype = "float32"     # compute dtype ('float32' or 'bfloat16'); params stay float32
+    c.student.hf_checkpoint = ""    # a Hugging Face model dir whose weights start the student (jaxdistill.hf.params)
+    c.student.hf_layers = ()        # with hf_checkpoint: its encoder layers the student keeps, e.g. (0, 5); () = all
     c.student.quantization = "none"  # QAT through qwix: 'none' | 'int8' (int8 weights + activations) | 'int4_weights' (jaxdistill.quantization)
     c.student.pruning = ml_collections.ConfigDict()  # weight pruning (jaxdistill.pruning)
     c.student.pruning.method = "none"  # 'none' | 'magnitude' (Zhu & Gupta 2017) | 'nm' (N:M structured)
@@ -80,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher.kwargs = ml_collections.ConfigDict()  # overrides of the registry entry's defaults
     c.teacher.num_classes = 0       # 0 = the dataset's class count
     c.teacher.checkpoint = ""       # workdir of a teacher run; '' with a teacher.model: train one into <workdir>/teacher
+    c.teacher.hf_checkpoint = ""    # a Hugging Face model dir holding the teacher's weights (instead of checkpoint)
     c.teacher.dtype = "float32"     # 'bfloat16' stores and runs the frozen teacher in bf16
     c.teacher.store = ""            # an offline teacher store (python -m jaxdistill.teacher_store): KD
     # reads the teacher's outputs by example index instead of running the teacher
