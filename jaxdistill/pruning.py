@@ -96,10 +96,11 @@ def _name(key: str) -> str:
     return key.removesuffix("/value").rsplit("/", 1)[-1]
 
 
-def prunable(params, s: PruningSpec) -> dict:
-    """{path: leaf} of the leaves of the student's `params` that `s` prunes."""
+def prunable(params, names) -> dict:
+    """{path: leaf} of the leaves of the student's `params` that pruning `names` (the
+    `pruning.params` field) selects: those of these names with 2 or more axes."""
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {_key(p): x for p, x in leaves if _name(_key(p)) in s.params and len(x.shape) >= 2}
+    return {_key(p): x for p, x in leaves if _name(_key(p)) in names and len(x.shape) >= 2}
 
 
 def select(tree, keys) -> dict:
@@ -114,7 +115,7 @@ def check_layers(s: PruningSpec | None, params) -> None:
     input axis (the groups of m run along axis -2 of a kernel: its input features)."""
     if s is None:
         return
-    leaves = prunable(params, s)
+    leaves = prunable(params, s.params)
     f = "config.student.pruning"
     if not leaves:
         raise ValueError(f"{f}.params {s.params}: the student has no parameter of those names "
@@ -131,7 +132,7 @@ def init_masks(s: PruningSpec | None, params):
     """All-True masks of the prunable leaves (dense until the schedule starts); None."""
     if s is None:
         return None
-    return {k: jnp.ones(x.shape, jnp.bool_) for k, x in prunable(params, s).items()}
+    return {k: jnp.ones(x.shape, jnp.bool_) for k, x in prunable(params, s.params).items()}
 
 
 def target_sparsity(s: PruningSpec, step):
@@ -186,7 +187,7 @@ def nm_mask(w, n: int, m: int):
 
 def new_masks(s: PruningSpec, params, step) -> dict:
     """The masks `s` gives the student's current `params` at `step`."""
-    weights = prunable(params, s)
+    weights = prunable(params, s.params)
     if s.method == "nm":
         return {k: nm_mask(w, s.n, s.m) for k, w in weights.items()}
     return magnitude_masks(weights, target_sparsity(s, step), s.scope)
