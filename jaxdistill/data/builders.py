@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 
 from jaxdistill.data.sentence_builders import SENTENCE_BUILDERS
 from jaxdistill.data.text_builders import TEXT_BUILDERS
+from jaxdistill.data.xtok_builders import XTOK_BUILDERS
 
 _DOWNLOAD_CONFIG = tfds.download.DownloadConfig(try_download_gcs=False)
 
@@ -112,13 +113,15 @@ OFFLINE_BUILDERS = {"mnist5k": Mnist5k, "digits": Digits}
 def build_offline(name: str, data_dir: str, config=None) -> tfds.core.DatasetBuilder:
     """Builds `name` (an image dataset of OFFLINE_BUILDERS, or a text dataset of
     `text_builders.TEXT_BUILDERS` or `sentence_builders.SENTENCE_BUILDERS` with its
-    `TextConfig`) into `data_dir` unless already there; returns the prepared builder.
+    `TextConfig`, or a paired-tokenizer one of `xtok_builders.XTOK_BUILDERS` with its
+    `XtokConfig`) into `data_dir` unless already there; returns the prepared builder.
 
     TFDS writes into a uniquely named `incomplete.*` sibling directory and renames it into
     place only on success, so an interrupted build leaves nothing that later calls mistake
     for a prepared dataset. When processes race, the first rename wins and the others reuse it.
     """
-    builder_cls = {**OFFLINE_BUILDERS, **TEXT_BUILDERS, **SENTENCE_BUILDERS}[name]
+    builder_cls = {**OFFLINE_BUILDERS, **TEXT_BUILDERS, **SENTENCE_BUILDERS,
+                   **XTOK_BUILDERS}[name]
     builder = builder_cls(data_dir=data_dir, config=config, file_format="array_record")
     try:
         builder.download_and_prepare(download_config=_DOWNLOAD_CONFIG)

@@ -32,7 +32,8 @@ def _read(source, info: DatasetInfo, indices: np.ndarray, rows: int, with_mask: 
     """Reads examples `indices` into a host batch padded to `rows` rows."""
     examples = source.__getitems__(indices.tolist())
     if info.kind == "tokens":
-        return sampling.token_batch(examples, indices, rows, info.seq_len, with_mask=with_mask)
+        return sampling.token_batch(examples, indices, rows, info.seq_len, with_mask=with_mask,
+                                    extra_fields=info.metadata.get("extra_fields"))
     images = np.array([e["image"] for e in examples], np.uint8).reshape(-1, *info.image_shape)
     labels = [e["label"] for e in examples]
     return sampling.make_batch(images, labels, indices, rows, with_mask=with_mask)

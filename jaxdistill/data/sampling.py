@@ -67,10 +67,13 @@ def make_batch(images, labels, indices, rows: int, *, with_mask: bool = False) -
     return pad_rows(fields, indices, rows, with_mask=with_mask)
 
 
-def token_batch(examples, indices, rows: int, seq_len: int, *, with_mask: bool = False) -> dict:
-    """A host token batch (`pad_rows`) from examples holding `packing.FIELDS` [seq_len]."""
-    fields = {
-        k: np.array([e[k] for e in examples], dtype).reshape(-1, seq_len)
-        for k, dtype in packing.FIELDS.items()
-    }
+def token_batch(examples, indices, rows: int, seq_len: int, *, with_mask: bool = False,
+                extra_fields: dict | None = None) -> dict:
+    """A host token batch (`pad_rows`) from examples holding `packing.FIELDS` [seq_len] and
+    the dataset's `extra_fields` (name -> (length, dtype name), e.g. a second tokenizer's)."""
+    shapes = {k: (seq_len, dtype) for k, dtype in packing.FIELDS.items()}
+    shapes.update({k: (length, np.dtype(dtype)) for k, (length, dtype) in
+                   (extra_fields or {}).items()})
+    fields = {k: np.array([e[k] for e in examples], dtype).reshape(-1, length)
+              for k, (length, dtype) in shapes.items()}
     return pad_rows(fields, indices, rows, with_mask=with_mask)
