@@ -21,10 +21,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from jaxdistill import checkpoint, data, parallel, pruning, quantization, validate
+from jaxdistill import checkpoint, data, onpolicy, parallel, pruning, quantization, seqkd, validate
 from jaxdistill import store as store_lib
 from jaxdistill.store import tokens as store_tokens
 from jaxdistill.flops import dot_conv_flops, program_flops
+from jaxdistill.hf import params as hf_params
 from jaxdistill.losses.chunked import check_chunk_size
 from jaxdistill.models import build_model, input_kind, logical_axes
 from jaxdistill.objective import MEAN, PRIMARY, build_objective
@@ -166,6 +167,7 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
     student_def, s_params, s_stats = nnx.split(
         nnx.eval_shape(lambda: make_student(nnx.Rngs(0))), nnx.Param, nnx.BatchStat)
     s_vars = {"params": s_params, "batch_stats": s_stats}
+    _check_student_hf(config.student, s_params)
     prune = pruning.spec(config)
     pruning.check_layers(prune, s_params)
 
@@ -175,7 +177,8 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
         teacher_def, teacher_abstract = _teacher(config.teacher, "config.teacher", task, info,
                                                  teacher_mesh, config.mesh.teacher_rule,
                                                  config.mesh.teacher_axis_rules)
-        if not config.teacher.checkpoint and teacher_checkpoint_required:
+        if not (config.teacher.checkpoint or config.teacher.hf_checkpoint) and \
+                teacher_checkpoint_required:
             raise ValueError("config.teacher.checkpoint is empty; point it at a teacher run's "
                              "workdir (train one with a config whose teacher.model is '')")
         others = {}
@@ -204,7 +207,10 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
     chunk_size = _chunk_size(config, task, info, extra_defs, teacher_store)
     ctx = StepContext(student_def, None if teacher_store else teacher_def, None, None, task,
                       extra_defs, info.num_classes if teacher_store and not token_store else 0,
-                      chunk_size, objective.needs_attention_maps, token_store=token_store)
+                      chunk_size, objective.needs_attention_maps, token_store=token_store,
+                      onpolicy=onpolicy.from_config(config, info, store=teacher_store is not None,
+                                                    teacher_devices=config.mesh.teacher_devices))
+    seqkd.check(config, info)
     views = _abstract_views(ctx, s_vars, teacher_abstract,
                             abstract_batch(task, info, config.batch_size, teacher_store),
                             teacher_store)
@@ -238,6 +244,19 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
     jax.eval_shape(functools.partial(train_step, ctx), setup.abstract_state,
                    setup.teacher_input_abstract, setup.abstract_batch())
     return setup
+
+
+def _check_student_hf(student_cfg, abstract_params) -> None:
+    """config.student.hf_checkpoint (and its hf_layers) fit the student's parameters."""
+    layers = tuple(student_cfg.hf_layers)
+    if layers and not student_cfg.hf_checkpoint:
+        raise ValueError("config.student.hf_layers picks layers of config.student.hf_checkpoint, "
+                         "which is empty; set it or leave hf_layers = ()")
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+        raise ValueError(f"config.student.hf_layers must be layer indices (ints), got {layers}")
+    if student_cfg.hf_checkpoint:
+        hf_params.check_fits(student_cfg.hf_checkpoint, abstract_params,
+                             "config.student.hf_checkpoint", layers)
 
 
 def _chunk_size(config, task: Task, info, extra_defs, teacher_store) -> int:
@@ -305,8 +324,13 @@ def _teacher(t_cfg, field: str, task: Task, info, mesh, rule: str, overrides=())
              for path, names in parallel.names_by_path(logical_axes(params)).items()}
     abstract = _with_shardings(t_vars, parallel.tree_shardings(
         t_vars, mesh, rule, named, overrides, "config.mesh.teacher_axis_rules"))
+    if t_cfg.checkpoint and t_cfg.get("hf_checkpoint"):
+        raise ValueError(f"{field}.checkpoint and {field}.hf_checkpoint are both set; the "
+                         "teacher's weights come from one of them")
     if t_cfg.checkpoint:
         checkpoint.check_teacher_fits(t_cfg.checkpoint, abstract, field=f"{field}.checkpoint")
+    elif t_cfg.get("hf_checkpoint"):
+        hf_params.check_fits(t_cfg.hf_checkpoint, abstract["params"], f"{field}.hf_checkpoint")
     return graphdef, abstract
 
 
@@ -347,7 +371,8 @@ def model_cost(graphdef, abstract_vars, input_shape, input_dtype=jnp.float32,
 
     def forward(variables, x):
         model = nnx.merge(graphdef, variables["params"], variables["batch_stats"])
-        return model(x, train=False)[0]
+        logits, features = model(x, train=False)
+        return features if logits is None else logits  # an encoder: its features
     plain = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_vars)
     x = jax.ShapeDtypeStruct((1, *input_shape), input_dtype)
     compiled = jax.jit(forward).lower(plain, x).compile()

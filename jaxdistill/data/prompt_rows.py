@@ -7,9 +7,9 @@ completion and the end-of-text id, cut to `seq_len + 1` tokens, then padding. A 
 longer than `prompt_budget(seq_len)` tokens keeps its first `budget` tokens as the prompt and
 the rest joins the completion (the row then continues the docstring, then the body), so every
 row's prompt fits the sampler's prompt block of that width, at least `seq_len - budget`
-positions are left for its completion, and every document keeps its row. The fields are `packing.FIELDS`: segment_ids 1 on the row's
-tokens, positions 0, 1, ..., weights 1 exactly on the completion's targets (the final
-end-of-text included when it fits).
+positions are left for its completion, and every document keeps its row. The fields are
+`packing.FIELDS`: segment_ids 1 on the row's tokens, positions 0, 1, ..., weights 1 exactly
+on the completion's targets (the final end-of-text included when it fits).
 """
 
 from collections.abc import Sequence
