@@ -15,6 +15,7 @@ from jaxdistill import checkpoint, data, parallel, run_record, store
 from jaxdistill.metrics import MetricWriter, format_duration, progress_line
 from jaxdistill.preemption import PreemptionWatch
 from jaxdistill.run_setup import RunSetup, prepare_run, run_cost
+from jaxdistill.seqkd import train_info
 from jaxdistill.step import (
     eval_step,
     eval_sums,
@@ -173,8 +174,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         state, position = _init_or_restore(setup, ckpts, writer, workdir)
         writer.drop_after(int(jax.device_get(state.step)))  # records the resumed steps redo
         run_record.record(config, workdir)
-        batches = data.make_train_iterator(
-            setup.info, split=config.data.train_split, reader=config.data.reader,
+        batches = data.make_train_iterator(  # seq-KD: on the teacher's completions
+            train_info(setup, teacher), split=config.data.train_split, reader=config.data.reader,
             global_batch_size=config.batch_size, seed=config.seed,
             sharding=setup.batch_sharding, position=position,
             extra_fields=setup.store.extra_fields if setup.store is not None else None)
