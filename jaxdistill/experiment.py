@@ -35,6 +35,7 @@ def teacher_config(config) -> ml_collections.ConfigDict:
         c.student.model, c.student.kwargs = config.teacher.model, config.teacher.kwargs
         c.student.num_classes, c.student.dtype = config.teacher.num_classes, "float32"
         c.teacher.model, c.teacher.checkpoint, c.baseline = "", "", False
+        c.onpolicy.lambda_, c.seqkd.enabled = 0.0, False  # on the dataset's completions
         c.num_steps = config.teacher.train.num_steps
         c.optimizer.learning_rate = config.teacher.train.learning_rate
         c.data.augment = config.teacher.train.augment
@@ -47,6 +48,7 @@ def scratch_config(config) -> ml_collections.ConfigDict:
     c = copy.deepcopy(config)
     with c.unlocked():
         c.teacher.model, c.teacher.checkpoint, c.baseline = "", "", False
+        c.onpolicy.lambda_, c.seqkd.enabled = 0.0, False  # on the dataset's completions
         c.objective = ml_collections.ConfigDict({"ce": {"weight": 1.0}})
     return c
 
