@@ -22,6 +22,7 @@ from flax import nnx
 
 from jaxdistill import parallel
 from jaxdistill.hf import files
+from jaxdistill.models import build_model
 
 # config.json model_type -> the module of jaxdistill.hf that loads it
 FAMILIES = {"llama": "decoders", "qwen2": "decoders", "mistral": "decoders", "gpt2": "gpt2",
@@ -106,6 +107,30 @@ def assemble(make: Callable[[nnx.Rngs], nnx.Module], arrays: dict[str, np.ndarra
     return nnx.merge(graphdef, fill(state, arrays, where))
 
 
+def registry_builder(name: str, kwargs: dict, *, vocab: int, length: int, dtype,
+                     family: str) -> tuple[Callable, dict]:
+    """(``make(rngs)`` building registry model ``name`` with ``kwargs`` for a vocabulary of
+    ``vocab`` and sequences of up to ``length``, info) for a family module's ``builder``."""
+    def make(rngs):
+        return build_model(name, num_classes=vocab, input_shape=(length,), dtype=dtype,
+                           rngs=rngs, **kwargs)
+    info = {"family": family, "vocab_size": vocab, "hidden_size": kwargs["dim"],
+            "layers": kwargs["depth"], "max_seq_len": length}
+    return make, info
+
+
+def registry_entry(path: str, *, max_seq_len: int | None = None) -> tuple[str, dict]:
+    """(registry name, kwargs) of the model in the Hugging Face directory ``path`` (config.json
+    alone), for a config's ``teacher.model`` / ``teacher.kwargs`` beside
+    ``teacher.hf_checkpoint`` (``max_seq_len``: the run's sequence length)."""
+    hf_config = files.read_config(path)
+    module = family(hf_config, path)
+    if not hasattr(module, "registry_entry"):
+        raise ValueError(f"{path}: model_type {hf_config['model_type']!r} has no registry entry "
+                         "to derive; name its registry model and kwargs yourself")
+    return module.registry_entry(hf_config, max_seq_len=max_seq_len)
+
+
 def load_family(builder: Callable, arrays: Callable, hf_config: dict, tensors: dict, *,
                 dtype=jnp.float32, max_seq_len: int | None = None,
                 shardings: Callable | None = None) -> tuple[nnx.Module, dict]:
@@ -142,4 +167,5 @@ def from_pretrained(path: str, *, dtype="float32", max_seq_len: int | None = Non
                    "params": params, "tokenizer": files.tokenizer_path(path)}
 
 
-__all__ = ["FAMILIES", "Picker", "assemble", "family", "fill", "from_pretrained", "load_family"]
+__all__ = ["FAMILIES", "Picker", "assemble", "family", "fill", "from_pretrained", "load_family",
+           "registry_builder", "registry_entry"]

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from jaxdistill import hf
-from jaxdistill.models.decoder import Decoder
 
 SILU = ("silu", "swish")
 IGNORED = ("rotary_emb.inv_freq",)  # buffers older checkpoints saved with the weights
@@ -61,9 +60,10 @@ def _max_seq_len(hf_config: dict, max_seq_len: int | None, where: str) -> int:
     return length
 
 
-def builder(hf_config: dict, *, dtype: Any, max_seq_len: int | None = None, where: str = ""):
-    """(``make(rngs)`` building the empty Decoder of ``hf_config``, info) from config.json
-    alone."""
+def registry_entry(hf_config: dict, *, max_seq_len: int | None = None,
+                   where: str = "") -> tuple[str, dict]:
+    """(registry name, kwargs) of the Decoder with the architecture in ``hf_config``, built
+    for ``max_seq_len`` positions (see ``_max_seq_len``): config.json alone."""
     where = where or f"{hf_config['model_type']} checkpoint"
     c = hf_config
     if c.get("hidden_act", "silu") not in SILU:
@@ -72,22 +72,23 @@ def builder(hf_config: dict, *, dtype: Any, max_seq_len: int | None = None, wher
         if c.get(flag):
             raise ValueError(f"{where}: {flag}=true is not supported by the decoder")
     heads = int(c["num_attention_heads"])
-    kwargs = dict(dim=int(c["hidden_size"]), depth=int(c["num_hidden_layers"]), heads=heads,
-                  kv_heads=int(c.get("num_key_value_heads") or heads),
-                  mlp_dim=int(c["intermediate_size"]),
-                  head_dim=int(c.get("head_dim") or c["hidden_size"] // heads),
-                  tie_embeddings=bool(c.get("tie_word_embeddings", False)),
-                  rope_theta=rope_theta(c, where), norm_eps=float(c.get("rms_norm_eps", 1e-6)),
-                  qkv_bias=c["model_type"] == "qwen2")
-    length = _max_seq_len(c, max_seq_len, where)
-    vocab = int(c["vocab_size"])
+    return "decoder", {
+        "dim": int(c["hidden_size"]), "depth": int(c["num_hidden_layers"]), "heads": heads,
+        "kv_heads": int(c.get("num_key_value_heads") or heads),
+        "mlp_dim": int(c["intermediate_size"]),
+        "head_dim": int(c.get("head_dim") or c["hidden_size"] // heads),
+        "tie_embeddings": bool(c.get("tie_word_embeddings", False)),
+        "rope_theta": rope_theta(c, where), "norm_eps": float(c.get("rms_norm_eps", 1e-6)),
+        "qkv_bias": c["model_type"] == "qwen2",
+        "max_seq_len": _max_seq_len(c, max_seq_len, where)}
 
-    def make(rngs):
-        return Decoder(**kwargs, max_seq_len=length, num_classes=vocab, input_shape=(length,),
-                       dtype=dtype, rngs=rngs)
-    info = {"family": "decoder", "vocab_size": vocab, "hidden_size": kwargs["dim"],
-            "layers": kwargs["depth"], "max_seq_len": length}
-    return make, info
+
+def builder(hf_config: dict, *, dtype: Any, max_seq_len: int | None = None, where: str = ""):
+    """(``make(rngs)`` building the empty Decoder of ``hf_config``, info) from config.json
+    alone."""
+    name, kwargs = registry_entry(hf_config, max_seq_len=max_seq_len, where=where)
+    return hf.registry_builder(name, kwargs, vocab=int(hf_config["vocab_size"]),
+                               length=kwargs["max_seq_len"], dtype=dtype, family="decoder")
 
 
 def arrays(hf_config: dict, tensors: dict[str, np.ndarray],

@@ -30,7 +30,7 @@ def _json(path: str, what: str) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: the {what} is not JSON ({e})") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{path}: the {what} is not a JSON object")
+        raise ValueError(f"{path}: the {what} is not a JSON object")  # noqa: TRY004 (bad file)
     return value
 
 
@@ -83,7 +83,7 @@ def _read_file(file: str) -> dict[str, np.ndarray]:
     tensors, bf16 = {}, []
     try:
         with safe_open(file, framework="np") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
                 if f.get_slice(name).get_dtype() == "BF16":
                     bf16.append(name)
                 else:

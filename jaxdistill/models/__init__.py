@@ -6,7 +6,7 @@ names the decoder's parameters carry.
 Importing the architecture modules registers their names.
 """
 
-from jaxdistill.models import bert, cnn, decoder, mlp, resnet, vit, wrn  # noqa: F401  (register models)
+from jaxdistill.models import bert, cnn, decoder, gpt2, mlp, resnet, vit, wrn  # noqa: F401  (register models)
 from jaxdistill.models.partitioning import logical_axes
 from jaxdistill.models.registry import build_model, input_kind, model_names
 

@@ -116,11 +116,16 @@ class Attention(nnx.Module):
             for n, axis in ((heads, "heads"), (kv_heads, "kv_heads"), (kv_heads, "kv_heads"))]
         ) if qkv_bias else None
 
-    def _qkv(self, x: jax.Array, positions: jax.Array):
+    def _project(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Queries, keys and values [B, L, heads | kv_heads, head_dim] before rotation."""
         q, k, v = (jnp.einsum("bld,dnh->blnh", x, w[...].astype(x.dtype))
                    for w in (self.q, self.k, self.v))
         if self.biases is not None:
             q, k, v = (y + b[...].astype(y.dtype) for y, b in zip((q, k, v), self.biases))
+        return q, k, v
+
+    def _qkv(self, x: jax.Array, positions: jax.Array):
+        q, k, v = self._project(x)
         return rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta), v
 
     def _out(self, context: jax.Array) -> jax.Array:
@@ -182,6 +187,7 @@ class Block(nnx.Module):
         return x + self.mlp(self.mlp_norm(x)), cache
 
 
+@register("decoder")  # every architecture field from kwargs (e.g. jaxdistill.hf.registry_entry)
 @register("lm_tiny", dim=64, depth=2, heads=4, kv_heads=2, mlp_dim=128, max_seq_len=1024)
 @register("lm_student", dim=128, depth=2, heads=4, kv_heads=2, mlp_dim=256, max_seq_len=4096)
 @register("lm_teacher", dim=256, depth=4, heads=4, kv_heads=2, mlp_dim=384, max_seq_len=4096)
@@ -252,7 +258,9 @@ class Decoder(nnx.Module):
         self.head = None if tie_embeddings else named_param(
             _fan_in(0, 1), rngs.params(), (dim, num_classes), ("embed", "vocab"))
 
-    def _embed(self, tokens: jax.Array) -> jax.Array:
+    def _embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+        """The blocks' input of ``tokens`` at ``positions`` (both [B, L]; positions enter
+        through the rotary embeddings here, not the input)."""
         return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
 
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
@@ -285,7 +293,7 @@ class Decoder(nnx.Module):
                 raise ValueError(f"Decoder: {field} must have the tokens' shape "
                                  f"{tuple(inputs.shape)}, got {tuple(value.shape)}")
         mask = attention_mask(segment_ids)
-        h = self._embed(inputs)
+        h = self._embed(inputs, positions)
         features = {}
         for i, block in enumerate(self.blocks, 1):
             if self.remat and train:  # keep each block's input only; recompute the rest
@@ -327,7 +335,7 @@ class Decoder(nnx.Module):
         positions = start[:, None] + jnp.arange(t, dtype=jnp.int32)
         length = cache[0]["k"].shape[1]
         mask = (jnp.arange(length)[None, None, :] <= positions[:, :, None])[:, None]
-        h = self._embed(tokens)
+        h = self._embed(tokens, positions)
         new_cache = []
         for block, layer in zip(self.blocks, cache, strict=True):
             h, layer = block.decode(h, positions, mask, layer, start)
