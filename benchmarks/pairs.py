@@ -31,7 +31,8 @@ from jaxdistill import data
 from jaxdistill.defaults import base_config
 from jaxdistill.recipes import cifar100_recipe
 
-ALL_MODES = ("student", "teacher_forward", "kd_online", "feature", "kd_offline")
+ALL_MODES = ("student", "teacher_forward", "kd_online", "feature", "kd_offline",
+             "population")
 LM_MODES = ("student", "teacher_forward", "kd_online")
 LOSS_IMPLS = ("chunked", "naive")  # the two loss forms of a token pair
 

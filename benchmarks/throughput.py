@@ -6,12 +6,17 @@ forward is `jaxdistill.step.teacher_outputs`. Teacher variables are random (no c
 needed to time a step), created by the teacher's model factory straight into their shardings;
 batches are synthetic and placed with the run's batch sharding.
 
-Modes (`--modes`):
+Modes (`--modes`; all but population by default):
   student          the student's supervised train step (objective: ce only, no teacher)
   teacher_forward  the frozen teacher's forward pass alone (eval mode), jitted: its logits, or
                    in a chunked LM step its hidden states and then its head chunk by chunk
   kd_online        the jaxdistill train step with ce + kd, teacher inside the step
   feature          the train step with ce + kd + the pair's feature term (at or hint)
+  population       `--population_sizes` students (ce + kd, one temperature each) in one
+                   jaxdistill.population step, the teacher once per batch; each record has
+                   `population_size`, the whole step's `step_time_s`, `member_step_time_s`
+                   (/ N) and `member_goal_s` = 1.1 x student step + teacher forward / N
+                   (issue 12's goal, from the same group's student and teacher_forward)
   kd_offline       the train step with ce + kd, the teacher's outputs read from the batch as an
                    offline teacher store feeds them (`--store_top_k` logits per example; no
                    augmentation, which a store excludes). Reading the records is the host's
@@ -57,6 +62,7 @@ reports arguments + outputs alone as the peak; records written before this rule 
 
 Usage (from the repository root):
   python -m benchmarks.throughput --quick                       # mlp pair, batch 256, ~1 min on CPU
+  python -m benchmarks.throughput --quick --modes=student,teacher_forward,kd_online,population
   python -m benchmarks.throughput --pairs=lm --quick --out=DIR  # lm_quick, both forms, CPU
   python -m benchmarks.throughput --pairs=resnet,vit --batch_sizes=256,1024 \
       --dtype=bfloat16 --out=/tmp/bench                          # writes /tmp/bench/throughput.json
@@ -92,7 +98,9 @@ if __package__:  # python -m benchmarks.throughput
 else:  # python benchmarks/throughput.py
     import pairs as pairs_lib
 
-MODES = ("student", "teacher_forward", "kd_online", "feature", "kd_offline")
+MODES = ("student", "teacher_forward", "kd_online", "feature", "kd_offline", "population")
+DEFAULT_MODES = MODES[:-1]  # --modes' default: population (several programs) when asked for
+POPULATION_SIZES = (1, 4, 16)  # --population_sizes' default
 KD_MODES = ("kd_online", "kd_offline")  # records that get kd_time_ratio / kd_ideal_ratio
 
 FLAGS = flags.FLAGS
@@ -103,7 +111,7 @@ def define_flags() -> None:
     module next to another benchmark defines nothing twice)."""
     flags.DEFINE_list("pairs", list(pairs_lib.DEFAULT_PAIRS),
                       f"pairs to measure: {list(pairs_lib.PAIRS)}")
-    flags.DEFINE_list("modes", list(MODES), f"modes to measure: {list(MODES)}")
+    flags.DEFINE_list("modes", list(DEFAULT_MODES), f"modes to measure: {list(MODES)}")
     flags.DEFINE_list("batch_sizes", [], "global batch sizes: N (every pair) or PAIR:N (that "
                       "pair only, in place of the plain entries); none = each pair's own "
                       "(mlp, resnet, vit: 128,256; lm: 8; --quick: mlp 256, lm_quick 2)")
@@ -125,6 +133,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("peak_size", 0, "N of the NxN peak-FLOP/s matmul (per data shard); "
                          "0 = 2048 on CPU, 8192 on accelerators")
     flags.DEFINE_integer("seed", 0, "seed of the random parameters and synthetic batches")
+    flags.DEFINE_list("population_sizes", [str(n) for n in POPULATION_SIZES],
+                      "population mode: the numbers of students measured")
     flags.DEFINE_integer("store_top_k", 0, "kd_offline: logits per example in the store "
                          "(0 = all classes, as `jaxdistill.teacher_store --top_k=0`)")
     flags.DEFINE_string("out", "", "if set, writes <out>/throughput.json (rewritten after each "
@@ -177,12 +187,13 @@ class PairBench:
     """The runs of one pair at one batch size and dtype; setups and teacher shared by modes."""
 
     def __init__(self, pair: pairs_lib.Pair, batch_size: int, dtype: str, seed: int,
-                 teacher_cache: dict, store_top_k: int = 0, loss_impl: str | None = None):
+                 teacher_cache: dict, store_top_k: int = 0, loss_impl: str | None = None,
+                 population_sizes: tuple[int, ...] = POPULATION_SIZES):
         if loss_impl not in pair.loss_impls:
             raise ValueError(f"pair '{pair.name}': loss_impl {loss_impl!r} is not one of "
                              f"{pair.loss_impls}")
         self.pair, self.batch_size, self.dtype, self.seed = pair, batch_size, dtype, seed
-        self.loss_impl = loss_impl
+        self.loss_impl, self.population_sizes = loss_impl, tuple(population_sizes)
         if not 0 <= store_top_k <= pair.num_classes:
             raise ValueError(f"--store_top_k={store_top_k}: must be in [0, {pair.num_classes}] "
                              f"for pair '{pair.name}' (0 = all classes)")
@@ -327,7 +338,43 @@ def kd_offline(bench: PairBench) -> Program:
     return _train_program(bench, "kd_offline", {**bench.batch(online), **fields})
 
 
-# name -> builder(PairBench) -> Program
+def population_program(bench: PairBench, size: int) -> Program:
+    """`size` students of the pair's kd_online config (temperatures 1, 2, ...: traced per
+    member) in one `jaxdistill.population` step, states donated from call to call."""
+    from jaxdistill import population
+    config = pairs_lib.run_config(bench.pair, "kd_online", batch_size=bench.batch_size,
+                                  dtype=bench.dtype, loss_impl=bench.loss_impl)
+    config.population.size = size
+    config.population.members = tuple({"objective.kd.temperature": float(i + 1)}
+                                      for i in range(size))
+    pop = population.prepare_population(config, teacher_checkpoint_required=False,
+                                        info=pairs_lib.dataset_info(bench.pair))
+    setup = pop.setup
+    teacher, batch = bench.teacher(setup), bench.batch(setup)
+    states = jax.jit(pop.init_states, out_shardings=pop.state_shardings)()
+    hparams = jax.device_put(pop.hparams, pop.hparams_sharding)
+    train_fn, _ = population.compile_steps(pop)
+    compiled, seconds, flops = _compile(train_fn, states, hparams, teacher, batch)
+    return Program(compiled, seconds, lambda s: compiled(s, hparams, teacher, batch), states,
+                   setup.mesh.devices.size, flops)
+
+
+def population_fields(rec: dict, size: int, student: dict | None,
+                      teacher_forward: dict | None) -> dict:
+    """A population record's own fields: its size, the step time per member and the goal
+    (1.1 x student step + teacher forward / N, from the same group's records)."""
+    step = rec["step_time_s"]
+    out = {"mode": "population", "population_size": size,
+           "member_step_time_s": step / size if step is not None else None,
+           "member_examples_per_second": (rec["examples_per_second"] * size
+                                          if step is not None else None)}
+    if step is not None and student and teacher_forward:
+        goal = 1.1 * student["step_time_s"] + teacher_forward["step_time_s"] / size
+        out.update(member_goal_s=goal, member_cost_over_goal=step / size / goal)
+    return out
+
+
+# name -> builder(PairBench) -> Program (the population mode: one program per size)
 BUILDERS: dict[str, Callable[[PairBench], Program]] = {
     "student": student, "teacher_forward": teacher_forward, "kd_online": kd_online,
     "feature": feature, "kd_offline": kd_offline,
@@ -472,7 +519,8 @@ def record(bench: PairBench, mode: str, program: Program, times: np.ndarray | No
                    tokens_per_step=tokens, tokens_per_second=tokens / median if timed else None,
                    flops_per_token=rec["flops_per_step"] / tokens)
     if program.first_out is not None:
-        metrics = {k: float(v) for k, v in jax.device_get(program.first_out).items()}
+        metrics = {k: np.asarray(v).tolist()  # a population's: one value per member
+                   for k, v in jax.device_get(program.first_out).items()}
         rec.update(first_step_loss=metrics["loss"], first_step_metrics=metrics)
     return rec
 
@@ -555,20 +603,20 @@ def resolve_pairs(pair_names, *, quick: bool = False, vocab_size: int = 0, seq_l
 def run(pair_names, modes, batch_sizes=(), *, dtype="float32", warmup=None, steps=None,
         repeats=None, peak_size=0, seed=0, store_top_k=0, loss_impls=pairs_lib.LOSS_IMPLS,
         vocab_size=0, seq_len=0, chunk_size=0, quick=False, memory_only=False, log=print,
-        on_progress=None) -> tuple[list[dict], list[str]]:
+        on_progress=None, population_sizes=POPULATION_SIZES) -> tuple[list[dict], list[str]]:
     """Measures every (pair, batch size, loss form, mode); returns (records, footer notes).
 
     `batch_sizes`: see `batch_plan` (empty: each pair's own). `warmup`, `steps`, `repeats`:
     None takes `TIMING`, or with `quick` the pair's `quick_timing` over `QUICK_TIMING`.
     `loss_impls`: the LM pairs' loss forms. `memory_only`: compile, record memory and FLOPs,
     time nothing. `on_progress(records)` is called with the records so far after each (pair,
-    batch size, loss form).
+    batch size, loss form). `population_sizes`: the population mode's numbers of students.
     """
     pairs, default_sizes, aliases = resolve_pairs(
         pair_names, quick=quick, vocab_size=vocab_size, seq_len=seq_len, chunk_size=chunk_size)
     for mode in modes:
-        if mode not in BUILDERS:
-            raise ValueError(f"--modes: unknown mode '{mode}'; choose from {list(BUILDERS)}")
+        if mode not in MODES:
+            raise ValueError(f"--modes: unknown mode '{mode}'; choose from {list(MODES)}")
     plan = batch_plan(pairs, batch_sizes or (), default_sizes, aliases)
     impls = list(dict.fromkeys(loss_impls))
     if any(p.tokens for p in pairs) and (not impls or set(impls) - set(pairs_lib.LOSS_IMPLS)):
@@ -577,7 +625,10 @@ def run(pair_names, modes, batch_sizes=(), *, dtype="float32", warmup=None, step
     wanted = list(dict.fromkeys(modes))
     # the KD modes' ratios need the student's time, kd_online's ideal the teacher's FLOPs
     needed = (set(wanted) | ({"student"} if set(KD_MODES) & set(wanted) else set())
-              | ({"teacher_forward"} if "kd_online" in wanted else set()))
+              | ({"teacher_forward"} if "kd_online" in wanted else set())
+              | ({"student", "teacher_forward"} if "population" in wanted else set()))
+    if any(int(n) <= 0 for n in population_sizes):
+        raise ValueError(f"--population_sizes must be positive, got {list(population_sizes)}")
     if memory_only:  # no ratios
         needed = set(wanted)
     mesh = parallel.make_mesh((-1, 1), ("data", "model"))
@@ -600,14 +651,15 @@ def run(pair_names, modes, batch_sizes=(), *, dtype="float32", warmup=None, step
             by_impl = {}
             for impl in (impls if pair.tokens else [None]):
                 bench = PairBench(pair, batch_size, dtype, seed, teacher_cache, store_top_k,
-                                  loss_impl=impl)
+                                  loss_impl=impl,
+                                  population_sizes=tuple(int(n) for n in population_sizes))
                 group = name + (f" {impl}" if impl else "")
                 by_mode = measure_group(bench, group, order, matmul, peak_size, **timing,
                                         notes=notes, log=log)
                 by_impl[impl] = by_mode
                 if impl == "naive" and "chunked" in by_impl:
                     memory_ratios(by_impl["chunked"], by_mode)
-                records += [by_mode[m] for m in order if m in by_mode and m in wanted]
+                records += [r for r in by_mode.values() if r["mode"] in wanted]
                 if on_progress is not None:
                     on_progress(records)
     return records, notes
@@ -620,9 +672,12 @@ def measure_group(bench: PairBench, group: str, order: list[str], matmul: Progra
     peak matmul taking turns (`matmul` None: times nothing), and returns {mode: record}."""
     name, batch_size, dtype = bench.pair.name, bench.batch_size, bench.dtype
     programs = {}
-    for mode in order:
+    jobs = [(f"population@{n}", lambda n=n: population_program(bench, n))
+            if mode == "population" else (mode, lambda mode=mode: BUILDERS[mode](bench))
+            for mode in order for n in (bench.population_sizes if mode == "population" else [0])]
+    for mode, build in jobs:
         try:
-            programs[mode] = BUILDERS[mode](bench)
+            programs[mode] = build()
         except ValueError as e:  # a config this package cannot run (yet): say why
             impl = f"/{bench.loss_impl}" if bench.loss_impl else ""
             notes.append(f"{name}/{mode}{impl}/{batch_size}: skipped: {e}")
@@ -648,6 +703,9 @@ def measure_group(bench: PairBench, group: str, order: list[str], matmul: Progra
     if "kd_offline" in by_mode:
         by_mode["kd_offline"]["store_top_k"] = bench.store.top_k
     st, tf = by_mode.get("student"), by_mode.get("teacher_forward")
+    for key, rec in by_mode.items():  # one record per population size, mode 'population'
+        if key.startswith("population@"):
+            rec.update(population_fields(rec, int(key.split("@")[1]), st, tf))
     for mode in KD_MODES:
         kd = by_mode.get(mode)
         if not (kd and st and (tf or mode == "kd_offline")) or not times:
@@ -698,7 +756,7 @@ def format_table(records: list[dict], notes: list[str]) -> str:
         for r in images:
             mem = r["device_peak_bytes_in_use"] or r["memory_peak_bytes"]
             lines.append(_row(
-                [r["pair"], r["mode"], str(r["batch_size"]), r["dtype"],
+                [r["pair"], _mode_label(r), str(r["batch_size"]), r["dtype"],
                  _fmt(r["step_time_s"], ".2f", 1e3), _spread(r),
                  _fmt(r["examples_per_second"], ".0f"), _fmt(r["flops_per_step"], ".3f", 1e-9),
                  _fmt(r["achieved_flops_per_second"], ".1f", 1e-9),
@@ -753,8 +811,22 @@ def format_table(records: list[dict], notes: list[str]) -> str:
                     f"{r['memory_peak_bytes'] / 2**20:.1f} MiB / naive "
                     f"{r['memory_peak_bytes_naive'] / 2**20:.1f} MiB = "
                     f"{r['memory_peak_ratio_vs_naive']:.3f}")
+    lines += population_lines(records)
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
+
+
+def _mode_label(r: dict) -> str:
+    return f"population x{r['population_size']}" if r["mode"] == "population" else r["mode"]
+
+
+def population_lines(records: list[dict]) -> list[str]:
+    """Per population record: the step time per member against the goal."""
+    return [f"population: {r['pair']} batch {r['batch_size']}, N = {r['population_size']}: "
+            f"{r['member_step_time_s'] * 1e3:.2f} ms per member, goal (1.1 x student + teacher "
+            f"forward / N) {r['member_goal_s'] * 1e3:.2f} ms: "
+            f"{r['member_cost_over_goal']:.2f} x the goal"
+            for r in records if r["mode"] == "population" and "member_goal_s" in r]
 
 
 def _spread(r: dict) -> str:
@@ -802,7 +874,8 @@ def main(argv):
         peak_size=FLAGS.peak_size, seed=FLAGS.seed,
         store_top_k=FLAGS.store_top_k, loss_impls=FLAGS.loss_impls,
         vocab_size=FLAGS.vocab_size, seq_len=FLAGS.seq_len, chunk_size=FLAGS.chunk_size,
-        quick=FLAGS.quick, memory_only=FLAGS.memory_only, log=log, on_progress=save)
+        quick=FLAGS.quick, memory_only=FLAGS.memory_only, log=log, on_progress=save,
+        population_sizes=[int(n) for n in FLAGS.population_sizes])
     if FLAGS.out:
         log(f"wrote {write_json(records, FLAGS.out)}")
     print(format_table(records, notes), flush=True)

@@ -47,6 +47,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxdistill import checkpoint, data, parallel, run_record
 from jaxdistill.metrics import MetricWriter, progress_line
+from jaxdistill.models import logical_axes
 from jaxdistill.objective import Objective
 from jaxdistill.optim import learning_rate_schedule, make_optimizer
 from jaxdistill.population_config import (
@@ -57,7 +58,6 @@ from jaxdistill.population_config import (
     varying,
 )
 from jaxdistill.preemption import PreemptionWatch
-from jaxdistill.models import logical_axes
 from jaxdistill.run_setup import RunSetup, _state_shardings, prepare_run
 from jaxdistill.state import TrainState
 from jaxdistill.step import (
@@ -157,12 +157,13 @@ def _stacked(sharding: NamedSharding, axis: str | None) -> NamedSharding:
     return NamedSharding(sharding.mesh, P(axis, *sharding.spec))
 
 
-def prepare_population(config) -> PopulationSetup:
-    """Validates `config` (population included) and resolves the population run."""
+def prepare_population(config, **prepare_kwargs) -> PopulationSetup:
+    """Validates `config` (population included) and resolves the population run;
+    `prepare_kwargs` go to `prepare_run` (e.g. a benchmark's synthetic `info`)."""
     from jaxdistill import validate
     validate.check_config(config)
     members = member_configs(config)
-    setup = prepare_run(members[0])
+    setup = prepare_run(members[0], **prepare_kwargs)
     n, axis = len(members), config.population.axis or None
     if axis and n % setup.mesh.shape[axis]:
         raise ValueError(f"{FIELD}.size ({n}) must be a multiple of mesh axis {axis!r}'s "
