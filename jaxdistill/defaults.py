@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.seq_len = 256            # token datasets: positions per packed window
     c.data.max_documents = 0        # token datasets: keep the first N documents (0 = all)
     c.data.tokenizer = ""           # token datasets: '' = train one; or a tokenizer.json path
+    c.data.teacher_seq_len = 0      # task cross_tokenizer: the byte teacher's positions per window (0 = 4 x seq_len)
     c.data.seed = -1                # data order; -1 = config.seed (a population's members share it)
 
     c.lm = ml_collections.ConfigDict()

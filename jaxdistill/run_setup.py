@@ -313,9 +313,12 @@ def _open_store(config) -> store_lib.TeacherStore | store_tokens.TokenStore | No
 def _teacher(t_cfg, field: str, task: Task, info, mesh, rule: str, overrides=()):
     """(graphdef, abstract {'params', 'batch_stats'} with dtypes and shardings) of a
     teacher, checked against its checkpoint when one is given."""
-    classes = _num_classes(t_cfg, field, info)
+    if hasattr(task, "teacher_model_io"):  # a teacher with its own tokenizer and length
+        classes, shape = task.teacher_model_io(info)
+    else:
+        classes, shape = _num_classes(t_cfg, field, info), task.model_io(info)[1]
     t_dtype = _dtype(t_cfg.dtype, f"{field}.dtype")
-    make = model_factory(t_cfg, field, classes, task.model_io(info)[1], t_dtype, task)
+    make = model_factory(t_cfg, field, classes, shape, t_dtype, task)
     graphdef, params, stats = nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(0))), nnx.Param,
                                         nnx.BatchStat)
     t_vars = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, t_dtype),

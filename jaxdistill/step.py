@@ -103,13 +103,22 @@ def all_teacher_outputs(ctx: StepContext, teacher, inputs: ModelInputs, batch, *
     if ctx.teacher_def is None:
         return {}
     outputs = {}
+    inputs = _teacher_inputs(ctx.task, inputs, batch)
     for name, graphdef in {PRIMARY: ctx.teacher_def, **ctx.extra_teacher_defs}.items():
         variables = teacher if name == PRIMARY else teacher["others"][name]
         logits, features, _ = _run(ctx, graphdef, variables, inputs, train=False,
                                    chunked=ctx.chunk_size > 0 and name == PRIMARY
                                    and not full_logits)
         outputs[name] = jax.lax.stop_gradient((logits, features))
+    if hasattr(ctx.task, "align_teacher"):  # teacher positions -> the student's
+        outputs[PRIMARY] = ctx.task.align_teacher(outputs[PRIMARY], batch)
     return outputs
+
+
+def _teacher_inputs(task: Task, inputs: ModelInputs, batch) -> ModelInputs:
+    """What the teachers are called on: the student's inputs, or the task's own teacher
+    inputs (a teacher with another tokenizer: `tasks.cross_tokenizer`)."""
+    return task.teacher_inputs(batch) if hasattr(task, "teacher_inputs") else inputs
 
 
 def _step_rngs(state_rng: jax.Array, step: jax.Array):
@@ -201,7 +210,7 @@ def teacher_eval_logits(ctx: StepContext, teacher, batch):
     """The primary teacher's eval-mode logits (or `eval_output`) on a batch, or None."""
     if ctx.teacher_def is None:
         return None
-    inputs = ctx.task.inputs(batch, None, train=False)
+    inputs = _teacher_inputs(ctx.task, ctx.task.inputs(batch, None, train=False), batch)
     logits, features, _ = _run(ctx, ctx.teacher_def, teacher, inputs, train=False,
                                chunked=False)
     return jax.lax.stop_gradient(eval_output(ctx.task, logits, features))

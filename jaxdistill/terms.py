@@ -137,6 +137,29 @@ def dkd(v: Views, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.
                            temperature=temperature, standardize=standardize)
 
 
+# --- different vocabularies (task cross_tokenizer: teacher logits at aligned positions) --
+
+def _aligned(v: Views) -> jax.Array:
+    """The aligned-position mask of task cross_tokenizer's teacher features."""
+    if "aligned" not in (v.teacher_features or {}):
+        raise ValueError("compares models with different tokenizers: use task "
+                         "'cross_tokenizer'")
+    return v.teacher_features["aligned"]
+
+
+def uld(v: Views, temperature: float = 1.0):
+    """Universal Logit Distillation (Boizard et al. 2024) at aligned positions."""
+    return _aligned(v) * losses.uld_loss(
+        v.student_logits, v.teacher_logits, temperature=temperature)
+
+
+def xtok_kl(v: Views, temperature: float = 1.0):
+    """KL(teacher || student merged onto the teacher's units) at aligned positions."""
+    return _aligned(v) * losses.merged_kl(
+        v.student_logits, v.teacher_logits, v.teacher_features["token_map"],
+        temperature=temperature)
+
+
 # --- features -------------------------------------------------------------------------
 
 def make_hint(v: Views, rngs, num_data, student_feature: str, teacher_feature: str):
@@ -338,6 +361,8 @@ TERMS: dict[str, TermSpec] = {
     "skl": TermSpec(skl, logit_term=True),
     "srkl": TermSpec(srkl, logit_term=True),
     "dkd": TermSpec(dkd, needs_labels=True, logit_term=True),
+    "uld": TermSpec(uld),
+    "xtok_kl": TermSpec(xtok_kl),
     "hint": TermSpec(hint, make_aux=make_hint),
     "at": TermSpec(at),
     "sp": TermSpec(sp),

@@ -461,6 +461,8 @@ def check_config(config) -> None:
 
     _model(config.student.model, "config.student.model", task_cls)
     _model(config.teacher.model, "config.teacher.model", task_cls, allow_empty=True)
+    from jaxdistill.tasks.cross_tokenizer import check_vocabularies
+    check_vocabularies(config)  # different vocabularies need a cross-tokenizer term
     for role in ("student", "teacher"):
         _kwargs(config, role)
         _at_least(config, f"{role}.num_classes", 0)
@@ -469,7 +471,8 @@ def check_config(config) -> None:
         if task_cls.unit == "tokens" and classes and classes != config.data.vocab_size:
             raise ValueError(f"config.{role}.num_classes: a vocabulary of {classes} differs from "
                              f"the {config.data.vocab_size} tokens of config.data.vocab_size; "
-                             "teacher and student share the dataset's tokenizer: set it to 0")
+                             "teacher and student share the dataset's tokenizer: set it to 0 "
+                             "(a teacher with its own: task 'cross_tokenizer')")
     trains_teacher = bool(config.teacher.model and not config.teacher.checkpoint
                           and not config.teacher.store)
     _at_least(config, "teacher.train.num_steps", 1)

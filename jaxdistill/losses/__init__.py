@@ -18,6 +18,7 @@ from jaxdistill.losses.embedding import (
     masked_token_mean,
     normalized_mse,
 )
+from jaxdistill.losses.cross_tokenizer import merged_kl, merged_log_probs, uld_loss
 from jaxdistill.losses.features import (
     adaptive_avg_pool,
     attention_distribution_loss,
@@ -67,6 +68,8 @@ __all__ = [
     "masked_hidden_mse",
     "masked_token_mean",
     "max_other_class_negatives",
+    "merged_kl",
+    "merged_log_probs",
     "normalized_mse",
     "pkt_loss",
     "reverse_kl",
@@ -79,4 +82,5 @@ __all__ = [
     "skew_reverse_kl",
     "standardize_logits",
     "tvd",
+    "uld_loss",
 ]
