@@ -1,0 +1,180 @@
+"""Hugging Face decoder checkpoints (jaxdistill.hf): tiny random Llama / Qwen2 / Mistral / GPT-2
+models made and saved by `transformers` itself, loaded without torch, against transformers'
+own logits and final hidden states on the same tokens (float32; a sharded save; a bfloat16
+save); parameters placed straight into a mesh's shardings; GPT-2's KV-cache decoding against
+its full forward pass; every bad input in one line; and a causal-LM distillation run whose
+frozen teacher is a saved Llama with its own tokenizer.json."""
+
+import copy
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from jax.sharding import PartitionSpec as P
+
+from jaxdistill import hf, parallel
+from jaxdistill.hf import files
+from jaxdistill.models import logical_axes
+
+V, L = 96, 16  # vocabulary and tokens per sequence of the comparison models
+TOKENS = np.random.RandomState(0).randint(0, V, (2, L))
+DECODER = {"vocab_size": V, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+           "rope_theta": 500.0, "rms_norm_eps": 1e-5}
+# name -> (config, model class, config kwargs)
+FAMILIES = {
+    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
+              {**DECODER, "tie_word_embeddings": False}),
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
+              {**DECODER, "tie_word_embeddings": True}),
+    "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM,
+                {**DECODER, "sliding_window": 32, "num_key_value_heads": 1}),
+    "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel,
+             {"vocab_size": V, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64,
+              "bos_token_id": 0, "eos_token_id": 0}),
+}
+# float32 through two blocks in another order of operations: about 1e-6 apart on logits of
+# size ~1 (measured); atol covers entries near zero, where rtol alone asks for exact equality
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def _random_model(name: str):
+    """A transformers model of family `name`, every parameter (biases and norms included)
+    drawn at random so that no layout error can hide behind zeros or ones."""
+    config_cls, model_cls, kwargs = FAMILIES[name]
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**kwargs)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def _reference(model, tokens=TOKENS) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        out = model(torch.tensor(tokens), output_hidden_states=True)
+    return out.logits.float().numpy(), out.hidden_states[-1].float().numpy()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """{name: (directory, transformers model)} of every family, saved with save_pretrained;
+    plus 'llama_sharded' (the Llama in ~10 kB shards) and 'llama_bf16' (saved in bfloat16)."""
+    root = tmp_path_factory.mktemp("hf")
+    out = {}
+    for name in FAMILIES:
+        model = _random_model(name)
+        model.save_pretrained(root / name)
+        out[name] = (str(root / name), model)
+    llama = out["llama"][1]
+    llama.save_pretrained(root / "llama_sharded", max_shard_size="10KB")
+    rounded = _random_model("llama")  # float32 weights that bfloat16 holds exactly
+    with torch.no_grad():
+        for p in rounded.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    copy.deepcopy(rounded).to(torch.bfloat16).save_pretrained(root / "llama_bf16")
+    out["llama_sharded"] = (str(root / "llama_sharded"), llama)
+    out["llama_bf16"] = (str(root / "llama_bf16"), rounded)  # (its rotary buffers stay float32)
+    return out
+
+
+@pytest.mark.parametrize("name", [*FAMILIES, "llama_sharded", "llama_bf16"])
+def test_logits_and_last_hidden_match_transformers(saved, name):
+    path, reference = saved[name]
+    logits, hidden = _reference(reference)
+    model, info = hf.from_pretrained(path, max_seq_len=32)
+    got_logits, features = model(jnp.asarray(TOKENS), train=False)
+    np.testing.assert_allclose(got_logits, logits, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(features["last_hidden"], hidden, rtol=RTOL, atol=ATOL)
+    assert features["last_hidden"].shape == (2, L, 32)
+    family = "gpt2" if name == "gpt2" else "decoder"
+    n_params = sum(p.numel() for n, p in reference.named_parameters())  # tied: counted once
+    assert info == {"family": family, "model_type": name.split("_")[0], "vocab_size": V,
+                    "hidden_size": 32, "layers": 2, "max_seq_len": 32, "dtype": "float32",
+                    "params": n_params, "tokenizer": ""}
+
+
+def test_reader_handles_shards_and_bfloat16(saved):
+    assert len(files.weight_files(saved["llama_sharded"][0])) > 2
+    single, sharded = (files.read_tensors(saved[n][0]) for n in ("llama", "llama_sharded"))
+    assert sorted(single) == sorted(sharded)
+    assert all(np.array_equal(single[k], sharded[k]) for k in single)
+    bf16 = files.read_tensors(saved["llama_bf16"][0])
+    state = saved["llama_bf16"][1].state_dict()
+    name = "model.layers.1.mlp.down_proj.weight"
+    assert bf16[name].dtype == jnp.bfloat16  # the stored bits, widened exactly below
+    assert np.array_equal(bf16[name].astype(np.float32), state[name].numpy())
+
+
+def test_params_land_in_the_given_shardings(saved):
+    mesh = parallel.make_mesh((2, 4), ("data", "model"))
+
+    def shardings(state):
+        return parallel.tree_shardings(state, mesh, "fsdp_tensor",
+                                       parallel.names_by_path(logical_axes(state)))
+    path, reference = saved["llama"]
+    model, _ = hf.from_pretrained(path, max_seq_len=32, shardings=shardings)
+    embedding = model.embedding[...]  # [vocab, embed]: vocab over 'model', embed over 'data'
+    assert embedding.sharding.spec == P("model", "data")
+    assert {s.data.shape for s in embedding.addressable_shards} == {(V // 4, 32 // 2)}
+    assert model.blocks[0].attn.q[...].sharding.spec == P("data", "model", None)  # embed, heads
+    logits, _ = jax.jit(lambda m, x: m(x))(model, jnp.asarray(TOKENS))
+    np.testing.assert_allclose(logits, _reference(reference)[0], rtol=RTOL, atol=ATOL)
+
+
+def test_gpt2_kv_cache_decoding_equals_the_full_forward(saved):
+    model, _ = hf.from_pretrained(saved["gpt2"][0], max_seq_len=32)
+    full, _ = model(jnp.asarray(TOKENS))
+    decode = jax.jit(lambda m, tokens, cache, start: m.decode(tokens, cache, start))
+    prefill, cache = decode(model, jnp.asarray(TOKENS[:, :10]), model.init_cache(2, L), 0)
+    steps = [prefill]
+    for i in range(10, L):  # one token at a time, at positions 10 .. L-1
+        logits, cache = decode(model, jnp.asarray(TOKENS[:, i:i + 1]), cache, i)
+        steps.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=RTOL, atol=ATOL)
+
+
+def _copy_with_config(src: str, dst, **changes) -> str:
+    shutil.copytree(src, dst)
+    config = files.read_config(src)
+    config.update(changes)
+    with open(os.path.join(dst, files.CONFIG), "w") as f:
+        json.dump(config, f)
+    return str(dst)
+
+
+def test_bad_checkpoints_are_refused_in_one_line(saved, tmp_path):
+    llama = saved["llama"][0]
+    cases = [
+        (str(tmp_path / "absent"), {}, "is not a directory; point at a Hugging Face model"),
+        (_copy_with_config(llama, tmp_path / "t5", model_type="t5"), {},
+         "model_type 't5' is not supported; supported: bert, gpt2, llama, mistral, qwen2"),
+        (_copy_with_config(llama, tmp_path / "yarn",
+                           rope_parameters={"rope_type": "yarn", "rope_theta": 1e4}), {},
+         "rope type 'yarn' is not supported"),
+        (saved["mistral"][0], {"max_seq_len": 48},
+         "sliding_window 32 is shorter than the sequence length 48"),
+        (llama, {"max_seq_len": 128},
+         "max_seq_len 128 exceeds the checkpoint's max_position_embeddings 64"),
+        (_copy_with_config(llama, tmp_path / "mlp_bias", mlp_bias=True), {},
+         "mlp_bias=true is not supported"),
+    ]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases.append((str(empty), {}, "has no config.json"))
+    weightless = tmp_path / "weightless"
+    weightless.mkdir()
+    shutil.copy(os.path.join(llama, files.CONFIG), weightless)
+    cases.append((str(weightless), {}, "has neither model.safetensors nor"))
+    deeper = _copy_with_config(llama, tmp_path / "deeper", num_hidden_layers=3)
+    cases.append((deeper, {}, "tensor 'model.layers.2.input_layernorm.weight' is missing"))
+    for path, kwargs, message in cases:
+        with pytest.raises(ValueError, match=message) as err:
+            hf.from_pretrained(path, **kwargs)
+        assert "\n" not in str(err.value)
