@@ -15,7 +15,7 @@ mean ± sample std of each, and KD's gain over CE per seed (the number of seeds 
 Runs are `benchmarks.accuracy` runs (`measure`): a finished run is reused, a run directory made
 with another config is refused.
 
-  python -m benchmarks.pruning --out=/tmp/pruning                      # 3 seeds, 800 steps
+  python -m benchmarks.pruning --out=/tmp/pruning                      # 3 seeds, 300 steps
   python -m benchmarks.pruning --out=/tmp/pruning --seeds=5 --steps=2000 --teacher_steps=3000
   python -m benchmarks.pruning --quick --out=/tmp/pruning_quick         # digits, ~2 min
 
@@ -53,8 +53,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("seeds", 3, "number of seeds; seed i = 0..n-1")
     flags.DEFINE_list("sparsities", ["0.5", "0.8", "0.9"], "final sparsities (0 is added: the "
                       "dense reference)")
-    flags.DEFINE_integer("steps", 800, "student training steps")
-    flags.DEFINE_integer("teacher_steps", 1500, "teacher training steps")
+    flags.DEFINE_integer("steps", 300, "student training steps")
+    flags.DEFINE_integer("teacher_steps", 2000, "teacher training steps")
     flags.DEFINE_enum("scope", "global", list(pruning.SCOPES), "magnitude threshold scope")
     flags.DEFINE_bool("quick", False, "digits, a few dozen steps, 2 seeds")
     flags.DEFINE_string("compilation_cache", "auto", "JAX compilation cache ('auto' = "
@@ -92,7 +92,11 @@ def plan(out: str, seeds, sparsities, *, steps: int, teacher_steps: int, scope: 
     """The teacher, then per seed and sparsity the kd and ce students."""
     root = os.path.join(out, "runs")
     c = base(steps, teacher_steps, quick)
-    teacher = acc.Run(SUITE, "teacher", "teacher", 0, acc._locked(teacher_config(c)),
+    tc = teacher_config(c)  # its cadence and warm-up from its own steps, not the students'
+    tc.log_every, tc.eval_every = teacher_steps // 8, teacher_steps // 2
+    tc.checkpoint_every = teacher_steps // 2
+    tc.optimizer.warmup_steps = min(100, teacher_steps // 10)
+    teacher = acc.Run(SUITE, "teacher", "teacher", 0, acc._locked(tc),
                       os.path.join(root, "teacher"))
     runs = [teacher]
     for seed in seeds:
@@ -147,11 +151,11 @@ def markdown(result: dict) -> str:
     t = result["teacher"]
     n = len(result["seeds"])
     lines = [f"## Pruning with distillation on {result['dataset']}", "",
-             f"Teacher `{t['model']}` (seed 0): {acc._pct(t['last_accuracy'])}% top-1. Student "
-             f"`{result['student_model']}`, {result['steps']} steps, global magnitude pruning "
-             f"(scope {result['scope']}) on the cubic schedule (Zhu & Gupta 2017). Top-1 and "
-             f"agreement with the teacher in %, mean ± std over {n} seeds; sparsity measured on "
-             "the restored students (zero kernel weights).", ""]
+             (f"Teacher `{t['model']}` (seed 0): {acc._pct(t['last_accuracy'])}% top-1. Student "
+              f"`{result['student_model']}`, {result['steps']} steps, global magnitude pruning "
+              f"(scope {result['scope']}) on the cubic schedule (Zhu & Gupta 2017). Top-1 and "
+              f"agreement with the teacher in %, mean ± std over {n} seeds; sparsity measured on "
+              "the restored students (zero kernel weights)."), ""]
     rows = []
     for r in result["rows"]:
         gain = acc._pct(r["kd_gain_mean"], r["kd_gain_std"], n=n)

@@ -3,8 +3,6 @@ global and per-layer magnitude masks and the N:M mask against NumPy, pruned weig
 zero (and their momentum) after steps, after a checkpoint and after a resume, and the
 refusals of bad `config.student.pruning` fields, in one line, before anything is written."""
 
-import functools
-
 import jax
 import numpy as np
 import pytest
@@ -16,8 +14,9 @@ from jaxdistill.step import train_step
 
 
 def _spec(**kw):
-    base = dict(method="magnitude", sparsity=0.8, initial_sparsity=0.0, scope="global",
-                start_step=10, end_step=50, frequency=10, n=2, m=4, params=("kernel",))
+    base = {"method": "magnitude", "sparsity": 0.8, "initial_sparsity": 0.0, "scope": "global",
+            "start_step": 10, "end_step": 50, "frequency": 10, "n": 2, "m": 4,
+            "params": ("kernel",)}
     return pruning.PruningSpec(**{**base, **kw})
 
 
@@ -38,7 +37,7 @@ def test_cubic_schedule_and_due_steps():
 
 def _numpy_keep(scores: np.ndarray, sparsity: float) -> np.ndarray:
     """False at the round(sparsity * N) smallest scores, ties by position (float64)."""
-    k = int(round(sparsity * scores.size))
+    k = round(sparsity * scores.size)
     keep = np.ones(scores.size, bool)
     keep[np.argsort(scores, kind="stable")[:k]] = False
     return keep
@@ -137,7 +136,8 @@ def test_magnitude_pruning_survives_checkpoint_and_resume(tmp_path):
     """Global magnitude pruning to 75% by step 2, trained to step 3, then resumed to step 6:
     the masks are checkpointed, the resumed run keeps them (nothing pruned revives), the
     pruned weights and their momentum are exactly zero, and exactly round(0.75 N) are."""
-    fields = dict(method="magnitude", sparsity=0.75, start_step=0, end_step=2, frequency=1)
+    fields = {"method": "magnitude", "sparsity": 0.75, "start_step": 0, "end_step": 2,
+              "frequency": 1}
     c = _config(**fields)
     c.num_steps = c.checkpoint_every = c.eval_every = 3
     first = jd.train_and_evaluate(c, str(tmp_path))
@@ -161,13 +161,15 @@ def test_magnitude_pruning_survives_checkpoint_and_resume(tmp_path):
 
 
 @pytest.mark.parametrize("fields, words", [
-    (dict(method="magnitude", sparsity=1.0), "config.student.pruning.sparsity must be in [0, 1)"),
-    (dict(method="magnitude", sparsity=-0.1), "config.student.pruning.sparsity must be in"),
-    (dict(method="magnitude", scope="row"), "config.student.pruning.scope 'row' is unknown"),
-    (dict(method="prune"), "config.student.pruning.method 'prune' is unknown"),
-    (dict(method="magnitude", sparsity=0.5, end_step=9), "config.student.pruning.end_step (9)"),
-    (dict(method="nm", m=3), "config.student.pruning.m=3 does not divide the input axis of"),
-    (dict(method="nm", params=("scale",)), "config.student.pruning.params ('scale',)"),
+    ({"method": "magnitude", "sparsity": 1.0},
+     "config.student.pruning.sparsity must be in [0, 1)"),
+    ({"method": "magnitude", "sparsity": -0.1}, "config.student.pruning.sparsity must be in"),
+    ({"method": "magnitude", "scope": "row"}, "config.student.pruning.scope 'row' is unknown"),
+    ({"method": "prune"}, "config.student.pruning.method 'prune' is unknown"),
+    ({"method": "magnitude", "sparsity": 0.5, "end_step": 9},
+     "config.student.pruning.end_step (9)"),
+    ({"method": "nm", "m": 3}, "config.student.pruning.m=3 does not divide the input axis of"),
+    ({"method": "nm", "params": ("scale",)}, "config.student.pruning.params ('scale',)"),
 ])
 def test_bad_pruning_fields_are_refused_before_anything_is_written(tmp_path, fields, words):
     c = _config(**fields)
