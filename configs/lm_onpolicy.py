@@ -73,8 +73,8 @@ def get_config(arg=None):
         c.batch_size = 16
         c.eval_batch_size = 30
         c.teacher.train.num_steps = 150
-        c.num_steps = 60
+        c.num_steps = 200
         c.lm.sample_tokens = 12
-        c.log_every = 20
-        c.eval_every = c.checkpoint_every = 30
+        c.log_every = 50
+        c.eval_every = c.checkpoint_every = 100
     return c

@@ -134,6 +134,10 @@ def from_config(config, info, *, store: bool, teacher_devices: int) -> OnPolicy 
         raise ValueError(f"config.onpolicy.lambda_={lam}: the teacher scores the student's "
                          "samples, so it must run online (a config.teacher.model, no "
                          "config.teacher.store)")
+    if config.get("population", {}).get("size", 0):
+        raise ValueError(f"config.onpolicy.lambda_={lam} samples from one student; a "
+                         "population (config.population.size > 0) trains on the dataset: set "
+                         "config.onpolicy.lambda_=0 or config.population.size=0")
     if teacher_devices:
         raise ValueError(f"config.onpolicy.lambda_={lam} samples inside the one-program step; "
                          "set config.mesh.teacher_devices=0")

@@ -122,6 +122,9 @@ def check(config, info: DatasetInfo) -> None:
     if not config.teacher.model or config.teacher.store:
         raise ValueError("config.seqkd.enabled: the teacher generates the completions, so it "
                          "must run online (a config.teacher.model, no config.teacher.store)")
+    if config.get("population", {}).get("size", 0):
+        raise ValueError("config.seqkd.enabled: a population (config.population.size > 0) "
+                         "reads the dataset itself; set config.population.size=0")
     if not isinstance(config.seqkd.batch_size, int) or config.seqkd.batch_size < 1:
         raise ValueError(f"config.seqkd.batch_size must be a positive int, got "
                          f"{config.seqkd.batch_size!r}")

@@ -245,6 +245,7 @@ def test_seqkd_dataset_is_the_teachers_completions_written_once(tmp_path, teache
     ({"seqkd.enabled": True, "data.name": "pydoc_topics", "onpolicy.lambda_": 0.0},
      "config.seqkd.enabled completes the prompts"),
     ({"seqkd.temperature": 0.0}, "config.seqkd.temperature must be > 0"),
+    ({"population.size": 2}, "samples from one student"),
 ])
 def test_bad_settings_are_refused_before_compiling(fields, message):
     config = op_config()
