@@ -51,7 +51,7 @@ def get_config(arg=None):
     c.teacher.train.num_steps = 800
     c.teacher.train.learning_rate = 3e-3
 
-    c.objective = {"jsd": dict(weight=1.0, beta=0.5)}
+    c.objective = {"jsd": {"weight": 1.0, "beta": 0.5}}
     c.onpolicy.lambda_ = MODES[mode]
     c.seqkd.enabled = mode == "seqkd"
     c.lm.sample_prompt = 'def add(a, b):\n    """Sum."""\n'

@@ -76,7 +76,9 @@ def completion_batch(batch: dict, sample: generate.Sample) -> dict:
     targets their next tokens, weights 1 exactly on generated targets, segment 1 and
     positions 0, 1, ... on the rows' tokens (prompt and generated); other fields kept."""
     tokens, generated = sample.tokens, sample.generated
-    shift = lambda x: jnp.pad(x[:, 1:], ((0, 0), (0, 1)))  # noqa: E731
+
+    def shift(x):  # position t holds x[t + 1]; the last position nothing
+        return jnp.pad(x[:, 1:], ((0, 0), (0, 1)))
     real = (generated | (jnp.arange(tokens.shape[1])[None] < prompt_lengths(batch["weights"])
                          [:, None])).astype(jnp.int32)
     return {**batch, "inputs": tokens, "targets": shift(tokens),

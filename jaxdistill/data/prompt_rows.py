@@ -31,7 +31,7 @@ def rows(documents: Sequence[tuple[Sequence[int], Sequence[int]]], seq_len: int,
     fields = {name: [] for name in packing.FIELDS}
     for document in documents:
         if not isinstance(document, tuple):
-            raise ValueError("rows: every document must be a (prompt ids, completion ids) pair")
+            raise TypeError("rows: every document must be a (prompt ids, completion ids) pair")
         prompt = np.asarray(document[0], np.int64)
         if not len(prompt):
             raise ValueError("rows: a document has an empty prompt")
