@@ -3,7 +3,7 @@ r"""On-policy (GKD) vs supervised KD vs sequence-level KD students of one teache
 Every number comes from real runs of configs/lm_onpolicy.py (its argument picks the mode): the
 teacher is trained once (seed 0, `experiment.teacher_config`) into `<out>/teacher`; then for
 each seed s and each mode (supervised: lambda 0 on the dataset's completions; seqkd: the
-teacher's greedy completions, generated once; mixed: lambda 0.5; onpolicy: lambda 1) the
+teacher's greedy completions, generated once; onpolicy: lambda 1) the
 student is trained with `train.train_and_evaluate` into `<out>/seed<s>/<mode>` (a finished run
 is read back, an unfinished one resumes). Measured on the held-out functions:
 
@@ -41,7 +41,7 @@ from jaxdistill.step import forward
 from jaxdistill.train import evaluate_other_student, load_teachers, train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODES = ("supervised", "seqkd", "mixed", "onpolicy")
+MODES = ("supervised", "seqkd", "onpolicy")  # configs/lm_onpolicy.py also has "mixed"
 METRICS = ("ppl", "kl", "teacher_samples_ppl", "own_samples_teacher_nll")
 
 FLAGS = flags.FLAGS
