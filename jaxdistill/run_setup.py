@@ -25,6 +25,7 @@ from jaxdistill import checkpoint, data, onpolicy, parallel, pruning, quantizati
 from jaxdistill import store as store_lib
 from jaxdistill.store import tokens as store_tokens
 from jaxdistill.flops import dot_conv_flops, program_flops
+from jaxdistill.hf import check_teacher as check_hf_teacher
 from jaxdistill.hf import params as hf_params
 from jaxdistill.losses.chunked import check_chunk_size
 from jaxdistill.models import build_model, input_kind, logical_axes
@@ -333,6 +334,9 @@ def _teacher(t_cfg, field: str, task: Task, info, mesh, rule: str, overrides=())
     if t_cfg.checkpoint:
         checkpoint.check_teacher_fits(t_cfg.checkpoint, abstract, field=f"{field}.checkpoint")
     elif t_cfg.get("hf_checkpoint"):
+        check_hf_teacher(t_cfg.hf_checkpoint, t_cfg.model, dict(t_cfg.kwargs), vocab=classes,
+                         input_shape=shape, tokenizer=info.tokenizer,
+                         field=f"{field}.hf_checkpoint")
         hf_params.check_fits(t_cfg.hf_checkpoint, abstract["params"], f"{field}.hf_checkpoint")
     return graphdef, abstract
 

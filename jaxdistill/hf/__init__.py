@@ -23,6 +23,7 @@ from flax import nnx
 from jaxdistill import parallel
 from jaxdistill.hf import files
 from jaxdistill.models import build_model
+from jaxdistill.models.registry import resolved_kwargs
 
 # config.json model_type -> the module of jaxdistill.hf that loads it
 FAMILIES = {"llama": "decoders", "qwen2": "decoders", "mistral": "decoders", "gpt2": "gpt2",
@@ -131,6 +132,36 @@ def registry_entry(path: str, *, max_seq_len: int | None = None) -> tuple[str, d
     return module.registry_entry(hf_config, max_seq_len=max_seq_len)
 
 
+def check_teacher(path: str, model: str, kwargs: dict, *, vocab: int, input_shape: tuple,
+                  tokenizer: str = "", field: str = "config.teacher.hf_checkpoint") -> None:
+    """One-line ValueErrors, from config.json alone, unless the registry model ``model`` with
+    ``kwargs``, built for ``vocab`` tokens (the dataset's tokenizer, ``tokenizer``) and
+    ``input_shape``, is the checkpoint's architecture: same vocabulary, same class and the
+    same value of every field ``registry_entry`` derives (a rotary base or norm epsilon
+    that differs leaves the shapes alike, so a shape check alone would miss it)."""
+    hf_config = files.read_config(path)
+    module = family(hf_config, path)
+    stored = int(hf_config.get("vocab_size", vocab))
+    if stored != vocab:
+        raise ValueError(f"{field}: '{path}' has a vocabulary of {stored} tokens but the "
+                         f"dataset's tokenizer {tokenizer!r} has {vocab}; tokenise with the "
+                         f"teacher's own: config.data.tokenizer = its tokenizer.json")
+    if not hasattr(module, "registry_entry"):
+        return  # the family's parameter shapes are all there is to check
+    kind = hf_config["model_type"]
+    name, wanted = module.registry_entry(hf_config, max_seq_len=input_shape[0],
+                                         where=f"{field} ({kind} '{path}')")
+    cls_w, want = resolved_kwargs(name, wanted)
+    cls_g, got = resolved_kwargs(model, kwargs)
+    differ = sorted(k for k in want if k != "max_seq_len" and got.get(k) != want[k])
+    if cls_w is not cls_g or differ:
+        raise ValueError(
+            f"{field}: '{path}' is registry model '{name}' with {wanted}, but the config builds "
+            f"'{model}'" + (f" with {', '.join(f'{k}={got.get(k)}' for k in differ)}"
+                            if cls_w is cls_g else "")
+            + "; set config.teacher.model and kwargs from jaxdistill.hf.registry_entry(path)")
+
+
 def load_family(builder: Callable, arrays: Callable, hf_config: dict, tensors: dict, *,
                 dtype=jnp.float32, max_seq_len: int | None = None,
                 shardings: Callable | None = None) -> tuple[nnx.Module, dict]:
@@ -167,5 +198,5 @@ def from_pretrained(path: str, *, dtype="float32", max_seq_len: int | None = Non
                    "params": params, "tokenizer": files.tokenizer_path(path)}
 
 
-__all__ = ["FAMILIES", "Picker", "assemble", "family", "fill", "from_pretrained", "load_family",
+__all__ = ["FAMILIES", "Picker", "assemble", "check_teacher", "family", "fill", "from_pretrained", "load_family",
            "registry_builder", "registry_entry"]

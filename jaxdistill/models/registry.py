@@ -67,6 +67,16 @@ def _registered(name: str) -> tuple[Callable[..., nnx.Module], dict[str, Any]]:
     return _REGISTRY[name]
 
 
+def resolved_kwargs(name: str, kwargs: dict) -> tuple[type, dict[str, Any]]:
+    """(class, every constructor argument of it but the reserved ones: its signature's
+    defaults, then the registry entry's, then ``kwargs``) of registered model ``name``."""
+    cls, defaults = _registered(name)
+    params = inspect.signature(cls.__init__).parameters
+    own = {k: p.default for k, p in params.items()
+           if k not in ("self", *_RESERVED) and p.default is not inspect.Parameter.empty}
+    return cls, {**own, **defaults, **kwargs}
+
+
 def _check_input_shape(name: str, kind: str, input_shape: tuple) -> None:
     rank, form = {"image": (3, "(H, W, C)"), "tokens": (1, "(max_len,)")}[kind]
     if len(input_shape) != rank or not all(isinstance(d, int) and d > 0 for d in input_shape):
