@@ -15,10 +15,11 @@ import os
 import jax
 import ml_collections
 
-from jaxdistill import run_record, validate
+from jaxdistill import bias, run_record, validate
 from jaxdistill.generate import generate_text
 from jaxdistill.logs import RUN_LOG
 from jaxdistill.run_setup import prepare_run
+from jaxdistill.tasks.cross_tokenizer import teacher_stage_config
 from jaxdistill.train import (
     PAIR_METRICS,
     SUMMARY,
@@ -40,6 +41,8 @@ def teacher_config(config) -> ml_collections.ConfigDict:
         c.optimizer.learning_rate = config.teacher.train.learning_rate
         c.data.augment = config.teacher.train.augment
         c.objective = ml_collections.ConfigDict({"ce": {"weight": 1.0}})
+        if config.task == "cross_tokenizer":  # the teacher reads its own tokens
+            teacher_stage_config(c)
     return c
 
 
@@ -64,7 +67,7 @@ def run(config, workdir: str) -> dict:
     validate.check_config(config)  # under the user's names: teacher.train.* included
     validate.check_run_paths(config, workdir)
     trains_teacher = bool(config.teacher.model and not config.teacher.checkpoint
-                          and not config.teacher.store)
+                          and not config.teacher.store and not config.teacher.hf_checkpoint)
     stages = []  # (name, config, workdir)
     if trains_teacher:
         stages.append(("teacher", teacher_config(config), os.path.join(workdir, "teacher")))
@@ -91,6 +94,8 @@ def run(config, workdir: str) -> dict:
     if "scratch" in summaries and "agreement" in summary:  # the baseline of the agreement
         scratch = evaluate_other_student(prepare_run(config), os.path.join(workdir, "scratch"))
         summary.update({f"scratch_{k}": scratch[k] for k in PAIR_METRICS if k in scratch})
+    if "teacher_per_class_accuracy" in summary and "student_per_class_accuracy" in summary:
+        summary["bias"] = bias.report(summary)
     if config.task == "causal_lm" and config.lm.sample_tokens and jax.process_count() == 1:
         # one process: the sampler restores each model onto its first device
         runs = {"teacher": config.teacher.checkpoint, **{n: wd for n, _, wd in stages}}
@@ -112,7 +117,7 @@ def _announce(stage: str, cfg, workdir: str, log: str | None) -> None:
     what = {"teacher": f"teacher {cfg.student.model}: trained here, supervised, {steps}",
             "scratch": f"student {cfg.student.model} from scratch: ce only, {steps}",
             "student": f"student {cfg.student.model} distilled from teacher {cfg.teacher.model}"
-                       f" (restored from {cfg.teacher.checkpoint}): "
+                       f" (restored from {cfg.teacher.checkpoint or cfg.teacher.hf_checkpoint}): "
                        f"{', '.join(cfg.objective)}, {steps}"}[stage]
     print(f"== {what}; into {workdir}" + (f" (full log: {log})" if log else ""), flush=True)
 
@@ -148,6 +153,8 @@ def merge_summaries(summaries: dict[str, dict]) -> dict:
 _COLUMNS = {
     "classification": (("top-1 acc", "accuracy", "{:.4f}"),),
     "causal_lm": (("perplexity", "perplexity", "{:.3f}"), ("token acc", "accuracy", "{:.4f}")),
+    "cross_tokenizer": (("perplexity", "perplexity", "{:.3f}"),
+                        ("token acc", "accuracy", "{:.4f}")),  # teacher: per student token
 }
 
 
@@ -156,7 +163,8 @@ def comparison_table(s: dict) -> str:
     the teacher, size, FLOPs and training speed."""
     task = s.get("task", "classification")
     columns = _COLUMNS[task]
-    unit, short = ("token", "tok") if task == "causal_lm" else ("example", "ex")
+    lm = task in ("causal_lm", "cross_tokenizer")
+    unit, short = ("token", "tok") if lm else ("example", "ex")
     per = f"{unit}s_per_second"
 
     def metrics(prefix):
@@ -181,7 +189,7 @@ def comparison_table(s: dict) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                        enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
-    if "scratch_params_sha256" in s and task == "causal_lm":
+    if "scratch_params_sha256" in s and lm:
         lines.append(f"distillation gain over scratch: perplexity {s['scratch_perplexity']:.3f} "
                      f"-> {s['student_perplexity']:.3f} "
                      f"({100 * (s['student_perplexity'] / s['scratch_perplexity'] - 1):+.1f}%)")

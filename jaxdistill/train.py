@@ -11,7 +11,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxdistill import checkpoint, data, parallel, run_record, store
+from jaxdistill import bias, checkpoint, data, parallel, run_record, store
+from jaxdistill.hf import params as hf_params
 from jaxdistill.metrics import MetricWriter, format_duration, progress_line
 from jaxdistill.preemption import PreemptionWatch
 from jaxdistill.run_setup import RunSetup, prepare_run, run_cost
@@ -26,7 +27,7 @@ from jaxdistill.step import (
 )
 
 SUMMARY = "summary.json"
-PAIR_METRICS = ("agreement", "kl")  # eval metrics of the student-teacher pair, not of one model
+PAIR_METRICS = ("agreement", "kl", "error_repeat")  # eval metrics of the student-teacher pair
 
 
 def compile_steps(setup: RunSetup):
@@ -87,7 +88,9 @@ def load_teachers(setup: RunSetup):
         return None
     cfg, abstract = setup.config, setup.teacher_abstract
     primary = {k: abstract[k] for k in ("params", "batch_stats")}
-    teacher = checkpoint.load_teacher(cfg.teacher.checkpoint, primary)
+    teacher = (hf_params.read_teacher(cfg.teacher.hf_checkpoint, primary)
+               if cfg.teacher.hf_checkpoint else checkpoint.load_teacher(cfg.teacher.checkpoint,
+                                                                         primary))
     if setup.store is not None:
         store.check_store(setup.store, cfg, store.teacher_sha256(teacher), info=setup.info)
         return None
@@ -148,7 +151,8 @@ def _init_or_restore(setup: RunSetup, ckpts, writer, workdir: str):
     restored = ckpts.restore_newest(setup.abstract_state, log=writer.print)
     if restored is None:
         init = jax.jit(setup.init_state, out_shardings=setup.state_shardings)
-        return init(jax.random.PRNGKey(config.seed)), 0
+        state = init(jax.random.PRNGKey(config.seed))
+        return hf_params.start_student(state, config.student, setup.abstract_state), 0
     state, position = restored
     step = int(jax.device_get(state.step))
     if step > config.num_steps:
@@ -226,11 +230,12 @@ def _loop(setup: RunSetup, train_fn, evaluate_fn, state, teacher, batches, ckpts
         paused = time.perf_counter()  # eval and checkpointing do not count as training time
         if eval_now:
             last_eval = evaluate_fn(state, teacher)
-            writer.write(step, "eval", last_eval)
+            shown = bias.scalars(last_eval)  # per-class lists go to summary.json only
+            writer.write(step, "eval", shown)
             writer.print(f"eval step {step}: " + " ".join(f"{k} {v:.4f}"
-                                                          for k, v in last_eval.items()))
+                                                          for k, v in shown.items()))
         if save_now:
-            ckpts.save(state, batches.position, metrics=last_eval if eval_now else None)
+            ckpts.save(state, batches.position, metrics=shown if eval_now else None)
         timer_start += time.perf_counter() - paused
         if preempted:
             writer.print(f"preempted: saved a checkpoint at step {step} in {workdir}; rerun the "

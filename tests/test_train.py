@@ -103,17 +103,52 @@ def test_reported_accuracies_match_a_numpy_forward_pass(demo):
         masks.append(np.asarray(batch["mask"]))
     images, labels = np.concatenate(images), np.concatenate(labels)
     keep = np.concatenate(masks) > 0
-    s = _mlp_forward(nnx_pure(student), images, 0.0, 1.0).argmax(-1)[keep]
-    t = _mlp_forward(nnx_pure(teacher), images, 0.0, 1.0).argmax(-1)[keep]
+    s_logits = _mlp_forward(nnx_pure(student), images, 0.0, 1.0)[keep]
+    t_logits = _mlp_forward(nnx_pure(teacher), images, 0.0, 1.0)[keep]
+    s, t = s_logits.argmax(-1), t_logits.argmax(-1)
     assert keep.sum() == info.splits["test"]
     assert summary["student_accuracy"] == pytest.approx(np.mean(s == labels[keep]), abs=1e-9)
     assert summary["teacher_accuracy"] == pytest.approx(np.mean(t == labels[keep]), abs=1e-9)
     assert summary["agreement"] == pytest.approx(np.mean(s == t), abs=1e-9)
     scratch = jax.device_get(checkpoint.load_teacher(os.path.join(workdir, "scratch"),
                                                      student_abstract))
-    z = _mlp_forward(nnx_pure(scratch), images, 0.0, 1.0).argmax(-1)[keep]
+    z_logits = _mlp_forward(nnx_pure(scratch), images, 0.0, 1.0)[keep]
+    z = z_logits.argmax(-1)
     assert summary["scratch_accuracy"] == pytest.approx(np.mean(z == labels[keep]), abs=1e-9)
     assert summary["scratch_agreement"] == pytest.approx(np.mean(z == t), abs=1e-9)
+    # the bias report: per-class accuracy, ECE and repeated teacher errors of all three
+    y = labels[keep]
+    for name, logits in (("student", s_logits), ("teacher", t_logits), ("scratch", z_logits)):
+        pred = logits.argmax(-1)
+        np.testing.assert_allclose(summary[f"{name}_per_class_accuracy"],
+                                   [np.mean(pred[y == c] == c) for c in range(10)], atol=1e-9)
+        assert summary[f"{name}_ece"] == pytest.approx(_ece(logits, y), abs=1e-5)
+    wrong = t != y
+    assert summary["error_repeat"] == pytest.approx(np.mean(s[wrong] == t[wrong]), abs=1e-9)
+    assert summary["scratch_error_repeat"] == pytest.approx(np.mean(z[wrong] == t[wrong]),
+                                                            abs=1e-9)
+    report = summary["bias"]
+    growth = [(np.mean(t[y == c] == c) - np.mean(s[y == c] == c))
+              - (np.mean(t[y == c] == c) - np.mean(z[y == c] == c)) for c in range(10)]
+    np.testing.assert_allclose([r["gap_growth"] for r in report["per_class"]], growth, atol=1e-9)
+    assert report["classes_gap_grew_most"] == sorted(range(10), key=lambda c: (-growth[c], c))[:3]
+    assert report["teacher_error_repeat_share"] == {"student": summary["error_repeat"],
+                                                    "scratch": summary["scratch_error_repeat"]}
+
+
+def _ece(logits, labels, bins=15):
+    """Expected calibration error in float64: 15 equal-width confidence bins (Guo et al.)."""
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    conf, correct = p.max(-1), p.argmax(-1) == labels
+    total = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        inside = (conf > lo) & (conf <= hi) if b else (conf <= hi)
+        if inside.any():
+            total += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
+    return total
 
 
 def nnx_pure(state):
