@@ -33,6 +33,9 @@ Usage (from the repository root):
   python -m benchmarks.lm_perplexity --config=configs/lm_kd.py:runlocal --seeds=3 --out=DIR
   python -m benchmarks.lm_perplexity --config=configs/lm_kd.py --seeds=3 --out=DIR \
       --config.teacher.checkpoint=/tmp/lm_kd/teacher          # reuse a trained teacher
+  python -m benchmarks.lm_perplexity --config=configs/lm_xtok.py:runlocal --seeds=3 --out=DIR
+      # a byte-level teacher and BPE students (task cross_tokenizer): the teacher's
+      # perplexity is its distilled runs' own eval, per student token
   python -m benchmarks.lm_perplexity --config=configs/lm_kd.py --quick --out=/tmp/lm_ppl_quick
       # tiny: pydoc_topics, lm_tiny models, seq_len 32, vocab 512, a few steps, 2 seeds
 """
@@ -146,9 +149,9 @@ def plan(config: ml_collections.ConfigDict, num_seeds: int, out: str) -> list[Ru
     ValueError on a config this benchmark cannot compare."""
     if num_seeds <= 0:
         raise ValueError(f"--seeds must be >= 1, got {num_seeds}")
-    if config.task != "causal_lm":
+    if config.task not in ("causal_lm", "cross_tokenizer"):
         raise ValueError(f"config.task is '{config.task}'; this benchmark compares causal-LM "
-                         "students (configs/lm_kd.py)")
+                         "students (configs/lm_kd.py, configs/lm_xtok.py)")
     if not config.teacher.model:
         raise ValueError("config.teacher.model is empty: there is nothing to distil from")
     if config.teacher.store:
@@ -292,6 +295,8 @@ def aggregate(rows: list[dict], records: list[dict]) -> dict:
     t = teacher["summary"] or {}
     evaluated = [r["teacher_perplexity"] for r in rows if r["teacher_perplexity"] is not None]
     agg["teacher_perplexity"] = t.get("student_perplexity", evaluated[0] if evaluated else None)
+    if evaluated and rows[0]["merged_summary"].get("task") == "cross_tokenizer":
+        agg["teacher_perplexity"] = evaluated[0]  # per student token (its own run's: per byte)
     agg["teacher_perplexity_in_distilled_runs"] = evaluated
     agg["teacher_accuracy"] = t.get("student_accuracy")
     agg["teacher_tokens_per_second"] = t.get("tokens_per_second")

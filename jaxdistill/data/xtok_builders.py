@@ -73,6 +73,9 @@ def first_teacher_token(student: Tokenizer) -> np.ndarray:
     specials = {t: i for i, t in enumerate(tokenizer.SPECIAL_TOKENS)}
     out = np.zeros(student.get_vocab_size(), np.int32)
     for token, i in student.get_vocab().items():
+        if token not in specials and token[:1] not in inverse:
+            raise ValueError(f"the student tokenizer's token {token!r} is not byte-level BPE "
+                             "(its first character is not a byte's)")
         out[i] = specials[token] if token in specials else (
             inverse[token[0]] + len(tokenizer.SPECIAL_TOKENS))
     return out
