@@ -29,6 +29,7 @@ per artifact, the Pareto front: no other artifact is both smaller and more accur
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import fnmatch
 import gzip
@@ -105,6 +106,11 @@ def discover(workdir: str, include=()) -> tuple[str, list[tuple[str, str]]]:
     if not students:
         raise ValueError(f"--workdir={workdir}: no finished student besides the teacher")
     return teachers[0], students
+
+
+def exports_quantized() -> bool:
+    """Whether `jaxdistill.export` writes a quantized student's integer form."""
+    return "quantization" in {f.name for f in dataclasses.fields(ex.Student)}
 
 
 def kind(config, teacher: bool) -> str:
@@ -278,7 +284,8 @@ def markdown(result: dict) -> str:
     lines += acc._table(["model", "kind", "format", "params", "nonzero", "bytes", "gzip bytes",
                          "compression", "top-1 %", "agreement %", "max |dlogit|",
                          "latency ms p50 / p90", "images/s", "Pareto"], rows)
-    lines += ["", f"Plot: `{os.path.basename(result['plot'])}`. Command: `{result['command']}`."]
+    lines += [""] + [f"Note: {n}" for n in result["notes"]]
+    lines += [f"Plot: `{os.path.basename(result['plot'])}`. Command: `{result['command']}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -294,8 +301,14 @@ def report(workdir: str, out: str, *, formats=("stablehlo", "tflite"), include=(
     images, labels = teacher.eval_examples(int(teacher.info.splits[
         teacher.config.data.eval_split]))
     teacher_top = np.argmax(teacher.reference_logits(images), -1)
-    models = [("teacher", teacher_dir, "teacher")] + [
-        (name, wd, kind(read_config(wd), False)) for name, wd in students]
+    models, notes = [("teacher", teacher_dir, "teacher")], []
+    for name, wd in students:
+        config = read_config(wd)
+        if config.student.get("quantization", "none") != "none" and not exports_quantized():
+            notes.append(f"{name}: a quantized student, left out: this jaxdistill.export "
+                         "exports no quantized student (it would write its float weights)")
+            continue
+        models.append((name, wd, kind(config, False)))
     records = []
     for fmt in formats:
         for name, wd, k in models:
@@ -315,7 +328,7 @@ def report(workdir: str, out: str, *, formats=("stablehlo", "tflite"), include=(
               "teacher": teacher.config.student.model, "teacher_workdir": teacher_dir,
               "eval_examples": len(labels), "latency_runs": latency_runs,
               "throughput_batch": batch, "formats": list(formats),
-              "plot": os.path.join(out, "edge.png"), "records": records}
+              "plot": os.path.join(out, "edge.png"), "notes": notes, "records": records}
     plot(records, result["plot"], f"{result['dataset']}: accuracy against bytes on disk "
          f"(teacher {result['teacher']})")
     with open(os.path.join(out, "edge.json"), "w") as f:
