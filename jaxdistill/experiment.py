@@ -41,6 +41,7 @@ def teacher_config(config) -> ml_collections.ConfigDict:
         c.optimizer.learning_rate = config.teacher.train.learning_rate
         c.data.augment = config.teacher.train.augment
         c.objective = ml_collections.ConfigDict({"ce": {"weight": 1.0}})
+        c.student.pruning.method = "none"  # the teacher trains dense
         if config.task == "cross_tokenizer":  # the teacher reads its own tokens
             teacher_stage_config(c)
     return c
