@@ -474,7 +474,7 @@ def check_config(config) -> None:
                              "teacher and student share the dataset's tokenizer: set it to 0 "
                              "(a teacher with its own: task 'cross_tokenizer')")
     trains_teacher = bool(config.teacher.model and not config.teacher.checkpoint
-                          and not config.teacher.store)
+                          and not config.teacher.store and not config.teacher.hf_checkpoint)
     _at_least(config, "teacher.train.num_steps", 1)
     rate = config.teacher.train.learning_rate
     if not rate > 0:
