@@ -130,6 +130,11 @@ def evaluate_other_student(setup: RunSetup, workdir: str) -> dict[str, float]:
     return evaluate(setup, eval_fn, state, teacher)
 
 
+def data_seed(config) -> int:
+    """The seed of the training data's order: config.data.seed, or config.seed when -1."""
+    return config.data.seed if config.data.seed >= 0 else config.seed
+
+
 def _mean_checked(pending: list, last_step: int) -> dict[str, float]:
     """Mean of the per-step metrics of steps `last_step - len(pending) + 1 .. last_step`;
     raises FloatingPointError naming the first step and loss terms that are not finite."""
@@ -180,7 +185,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         run_record.record(config, workdir)
         batches = data.make_train_iterator(  # seq-KD: on the teacher's completions
             train_info(setup, teacher), split=config.data.train_split, reader=config.data.reader,
-            global_batch_size=config.batch_size, seed=config.seed,
+            global_batch_size=config.batch_size, seed=data_seed(config),
             sharding=setup.batch_sharding, position=position,
             extra_fields=setup.store.extra_fields if setup.store is not None else None)
         state, last_eval, timed_steps, elapsed = _loop(
