@@ -45,7 +45,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxdistill import checkpoint, data, parallel, run_record
+from jaxdistill import bias, checkpoint, data, parallel, run_record
 from jaxdistill.metrics import MetricWriter, progress_line
 from jaxdistill.models import logical_axes
 from jaxdistill.objective import Objective
@@ -288,7 +288,7 @@ def train_population(config, workdir: str) -> dict:
             run_record.record(member_cfg, d)
         batches = data.make_train_iterator(
             setup.info, split=config.data.train_split, reader=config.data.reader,
-            global_batch_size=config.batch_size, seed=members_data_seed(config),
+            global_batch_size=config.batch_size, seed=train.data_seed(config),
             sharding=setup.batch_sharding, position=position,
             extra_fields=setup.store.extra_fields if setup.store is not None else None)
         hparams = jax.device_put(pop.hparams, pop.hparams_sharding)
@@ -305,11 +305,6 @@ def train_population(config, workdir: str) -> dict:
             w.close()
         watch.close()
     return _summary(pop, workdir, dirs, states, evals, timed, elapsed)
-
-
-def members_data_seed(config) -> int:
-    """The seed of the shared data order."""
-    return config.data.seed if config.data.seed >= 0 else config.seed
 
 
 def _loop(pop: PopulationSetup, train_fn, evaluate_fn, states, batches, ckpts, writer, writers,
@@ -354,7 +349,7 @@ def _loop(pop: PopulationSetup, train_fn, evaluate_fn, states, batches, ckpts, w
         if eval_now:
             evals = evaluate_fn(states)
             for i, (w, result) in enumerate(zip(writers, evals)):
-                w.write(step, "eval", _scalars(result))
+                w.write(step, "eval", bias.scalars(result))
             best = task.best_metric
             writer.print(f"eval step {step}: {best} by member " + " ".join(
                 f"{r[best]:.4f}" for r in evals))
@@ -376,11 +371,6 @@ def _schedules(pop: PopulationSetup):
     return s if len(s) == pop.size else s * pop.size
 
 
-def _scalars(result: dict) -> dict:
-    """The scalar eval metrics (per-class lists stay in summary.json)."""
-    return {k: v for k, v in result.items() if np.ndim(v) == 0}
-
-
 def _summary(pop: PopulationSetup, workdir: str, dirs, states, evals, timed: int,
              elapsed: float) -> dict:
     """Writes each member's summary.json (as a separate run's) and the population's."""
@@ -400,11 +390,24 @@ def _summary(pop: PopulationSetup, workdir: str, dirs, states, evals, timed: int
     return summary
 
 
+def merge_summaries(summaries: dict[str, dict]) -> dict:
+    """The experiment's summary of a population stage ('student'): each member's summary
+    merged with the scratch baseline and the teacher run as a single run's
+    (`experiment.merge_summaries`)."""
+    from jaxdistill.experiment import merge_summaries as merge_run
+    summary = dict(summaries["student"])
+    summary["members"] = [merge_run({**summaries, "student": m}) for m in summary["members"]]
+    return summary
+
+
 def table(summary: dict) -> str:
     """One line per member: its settings and the task's best metric."""
     rows = []
     for s in summary["members"]:
         metric = next(k for k in ("student_accuracy", "student_perplexity") if k in s)
         settings = ", ".join(f"{k}={v}" for k, v in sorted(s["settings"].items())) or "base"
-        rows.append(f"member {s['member']}: {metric} {s[metric]:.4f}  ({settings})")
+        scratch = metric.replace("student_", "scratch_")
+        gain = (f", {100 * (s[metric] - s[scratch]):+.2f} points over scratch"
+                if scratch in s and metric == "student_accuracy" else "")
+        rows.append(f"member {s['member']}: {metric} {s[metric]:.4f}{gain}  ({settings})")
     return "\n".join(rows)
