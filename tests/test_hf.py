@@ -16,11 +16,15 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import load_config, set_fields
 from jax.sharding import PartitionSpec as P
 
-from jaxdistill import hf, parallel
+from jaxdistill import data, hf, parallel
+from jaxdistill import train as train_module
+from jaxdistill.data import tokenizer as bpe
 from jaxdistill.hf import files
 from jaxdistill.models import logical_axes
+from jaxdistill.run_setup import prepare_run
 
 V, L = 96, 16  # vocabulary and tokens per sequence of the comparison models
 TOKENS = np.random.RandomState(0).randint(0, V, (2, L))
@@ -178,3 +182,88 @@ def test_bad_checkpoints_are_refused_in_one_line(saved, tmp_path):
         with pytest.raises(ValueError, match=message) as err:
             hf.from_pretrained(path, **kwargs)
         assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------- a saved Llama as the teacher
+
+@pytest.fixture(scope="module")
+def llama_teacher(tmp_path_factory):
+    """A random Llama saved with save_pretrained beside a tokenizer.json (a byte-level BPE
+    trained with `tokenizers` on a few strings), its vocabulary the tokenizer's."""
+    path = tmp_path_factory.mktemp("llama_teacher")
+    texts = ["def add(a, b):\n    return a + b\n", "The quick brown fox jumps over the dog.",
+             "for i in range(10):\n    print(i)\n"] * 4
+    tok = bpe.train(texts, vocab_size=300)
+    assert tok.get_vocab_size() == 300
+    tok.save(str(path / files.TOKENIZER))
+    model = _random_model_of(transformers.LlamaConfig, transformers.LlamaForCausalLM,
+                             {**DECODER, "vocab_size": tok.get_vocab_size()})
+    model.save_pretrained(path)
+    return str(path), tok.get_vocab_size()
+
+
+def _random_model_of(config_cls, model_cls, kwargs):
+    torch.manual_seed(1)
+    return model_cls(config_cls(**kwargs)).eval()
+
+
+def _kd_config(teacher_dir: str, vocab: int, **overrides):
+    """configs/lm_kd.py:runlocal shrunk to 2 steps of lm_tiny on 24 pydoc topics tokenised
+    with the teacher's tokenizer.json, the teacher from `teacher_dir`."""
+    model, kwargs = hf.registry_entry(teacher_dir, max_seq_len=L)
+    config = load_config("lm_kd", "runlocal")
+    return set_fields(config, **{
+        "data.name": "pydoc_topics", "data.max_documents": 24, "data.vocab_size": vocab,
+        "data.seq_len": L, "data.tokenizer": os.path.join(teacher_dir, files.TOKENIZER),
+        "student.model": "lm_tiny", "teacher.model": model, "teacher.kwargs": kwargs,
+        "teacher.hf_checkpoint": teacher_dir, "batch_size": 8, "eval_batch_size": 32,
+        "num_steps": 2, "baseline": False, "log_every": 1, "eval_every": 0,
+        "checkpoint_every": 0, "optimizer.warmup_steps": 0, "lm.chunk_size": 0,
+        "lm.sample_tokens": 8, **overrides})
+
+
+def test_distillation_run_with_a_saved_llama_teacher(llama_teacher, tmp_path):
+    """2 steps of KD from the saved Llama: the run's teacher perplexity on the eval
+    split equals the one computed here with the checkpoint loaded by from_pretrained (which
+    the tests above pin to transformers), so the run's teacher is the checkpoint."""
+    teacher_dir, vocab = llama_teacher
+    config = _kd_config(teacher_dir, vocab)
+    summary = train_module.train_and_evaluate(config, str(tmp_path / "run"))
+    teacher, info = hf.from_pretrained(teacher_dir, max_seq_len=L)
+    assert info["tokenizer"] == config.data.tokenizer
+    setup = prepare_run(config)
+    forward = jax.jit(lambda m, b: m(b["inputs"], segment_ids=b["segment_ids"],
+                                     positions=b["positions"])[0])
+    nll, count = 0.0, 0.0
+    for batch in data.make_eval_iterator(setup.info, split=config.data.eval_split,
+                                         reader="grain", global_batch_size=32,
+                                         sharding=setup.batch_sharding):
+        logits = np.asarray(forward(teacher, batch), np.float64)
+        top = logits.max(-1, keepdims=True)  # float64 log-softmax
+        logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+        target = np.take_along_axis(logp, np.asarray(batch["targets"])[..., None], -1)
+        weights = np.asarray(batch["weights"], np.float64)
+        nll -= float(np.sum(target[..., 0] * weights))
+        count += float(weights.sum())
+    assert summary["steps"] == 2 and count > 0
+    np.testing.assert_allclose(summary["teacher_perplexity"], np.exp(nll / count), rtol=1e-5)
+    assert np.isfinite(summary["student_perplexity"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"data.tokenizer": "", "data.vocab_size": 320},
+     (r"config.teacher.hf_checkpoint: '.*' has a vocabulary of 300 tokens but the dataset's "
+      r"tokenizer '.*' has 320; tokenise with the teacher's own")),
+    ({"teacher.kwargs.rope_theta": 10_000.0},
+     (r"config.teacher.hf_checkpoint: '.*' is registry model 'decoder' with .*, but the config "
+      r"builds 'decoder' with rope_theta=10000.0; set config.teacher.model and kwargs from")),
+    ({"teacher.model": "gpt2", "teacher.kwargs": {}},
+     (r"config.teacher.hf_checkpoint: '.*' is registry model 'decoder' with .*, but the config "
+      r"builds 'gpt2'; set")),
+])
+def test_a_teacher_that_does_not_fit_the_run_is_refused(llama_teacher, tmp_path, overrides,
+                                                        message):
+    config = _kd_config(*llama_teacher, **overrides)
+    with pytest.raises(ValueError, match=message) as err:
+        prepare_run(config)
+    assert "\n" not in str(err.value)
