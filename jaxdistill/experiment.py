@@ -35,6 +35,7 @@ def teacher_config(config) -> ml_collections.ConfigDict:
     with c.unlocked():
         c.student.model, c.student.kwargs = config.teacher.model, config.teacher.kwargs
         c.student.num_classes, c.student.dtype = config.teacher.num_classes, "float32"
+        c.student.quantization = "none"  # the teacher stays full precision
         c.teacher.model, c.teacher.checkpoint, c.baseline = "", "", False
         c.onpolicy.lambda_, c.seqkd.enabled = 0.0, False  # on the dataset's completions
         c.num_steps = config.teacher.train.num_steps

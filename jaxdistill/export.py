@@ -20,6 +20,17 @@ the artifact.
   LiteRT (``ai_edge_litert``, the ``export`` extra) or ``tf.lite.Interpreter``.
 - ``onnx``: refused (see ``ONNX_UNSUPPORTED``).
 
+A quantized student (``config.student.quantization``, `jaxdistill.quantization`) is exported
+with its real integer kernels, not fake-quant floats. StableHLO: its integer form (int8 / int4
+constants, int8 x int8 -> int32 matmuls, qwix's own inference program). TFLite (``int8``
+only): dynamic-range quantization, i.e. int8 kernels with per-channel scales, activations
+quantized per row at run time by the hybrid kernels, float32 in and out (not full-integer).
+The converter is given the float model on the student's dequantized integers and recovers
+exactly those integers; the artifact is refused unless every kernel of the student is found in
+it, integer for integer (``check_integer_kernels``), and its check runs TFLite's builtin
+kernels (the default XNNPACK delegate rounds ``x / scale`` by a reciprocal and can land an
+activation one int8 step away, ~1e-3 of the logits, on a rare example).
+
 Before FILE is written, the artifact runs in its own runtime on the first ``verify_batches``
 eval batches of the run's eval split (batch 1: one image per call; dynamic: the eval batches
 plus batches of 1 and 7 images) and its logits are compared with the JAX student's, computed
@@ -45,7 +56,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxdistill import checkpoint, data
+from jaxdistill import checkpoint, data, quantization
 from jaxdistill.generate import read_config
 from jaxdistill.models import build_model
 from jaxdistill.step import forward
@@ -71,8 +82,8 @@ TF_MISSING = ("--format=tflite needs TensorFlow (jax2tf and the TFLite converter
 _BUILTIN_EXCLUDED = ("CUSTOM", "DELEGATE")  # + every 'Flex*' (TF kernels): not edge-runnable
 
 __all__ = ["BATCHES", "FORMATS", "TOLERANCE", "ExportResult", "Student", "Verification",
-           "export", "load_student", "run_stablehlo", "run_tflite", "tflite_ops",
-           "to_stablehlo", "to_tflite", "verify"]
+           "check_integer_kernels", "export", "load_student", "run_stablehlo", "run_tflite",
+           "tflite_integer_tensors", "tflite_ops", "to_stablehlo", "to_tflite", "verify"]
 
 
 # ---------------------------------------------------------------------------- the student
@@ -90,6 +101,7 @@ class Student:
     batch_stats: Any
     step: int
     params_sha256: str
+    quantization: str = quantization.NONE  # config.student.quantization of the run
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -99,10 +111,32 @@ class Student:
     def num_classes(self) -> int:
         return int(self.config.student.get("num_classes", 0) or self.info.num_classes)
 
-    def serving_function(self):
-        """uint8 images [B, H, W, C] -> float32 logits [B, num_classes], preprocessing
-        inside; the weights are closed over (constants of an exported program)."""
-        graphdef, params, stats, task = self.graphdef, self.params, self.batch_stats, self.task
+    def model(self) -> nnx.Module:
+        """The student as it was trained (a quantized run's: fake-quantized by qwix)."""
+        return nnx.merge(self.graphdef, self.params, self.batch_stats, copy=True)
+
+    def deployed_model(self, fmt: str) -> nnx.Module:
+        """The model `fmt` exports: the student itself, or for a quantized run its integer
+        form (StableHLO: int8 / int4 kernels and integer matmuls, `quantization.integer_model`)
+        or the float model on its dequantized integers, which TFLite's dynamic-range
+        quantizer turns back into exactly those int8 kernels (`dequantized_model`)."""
+        if self.quantization == quantization.NONE:
+            return self.model()
+        build = (quantization.integer_model if fmt == "stablehlo"
+                 else quantization.dequantized_model)
+        return build(self.model(), self.quantization, self.image_shape)
+
+    def integer_kernels(self) -> dict:
+        """{path: (integer values, scale)} of a quantized student's kernels."""
+        return quantization.integer_kernels(quantization.integer_model(
+            self.model(), self.quantization, self.image_shape))
+
+    def serving_function(self, model: nnx.Module | None = None):
+        """uint8 images [B, H, W, C] -> float32 logits [B, num_classes] of `model` (default:
+        the student), preprocessing inside; the weights are closed over (constants of an
+        exported program)."""
+        graphdef, params, stats = nnx.split(model or self.model(), nnx.Param, nnx.BatchStat)
+        task = self.task
 
         def serve(images):
             x = images.astype(jnp.float32) / 255.0
@@ -194,11 +228,12 @@ def load_student(workdir: str) -> Student:
     task = task_class(config.task)(config)
     info = data.prepare_from_config(config.data)
     student_cfg = config.student
-    abstract = nnx.eval_shape(lambda: build_model(
+    scheme = student_cfg.get("quantization", quantization.NONE)
+    abstract = nnx.eval_shape(lambda: quantization.qat_model(build_model(
         student_cfg.model, num_classes=int(student_cfg.get("num_classes", 0) or info.num_classes),
         input_shape=tuple(info.image_shape), rngs=nnx.Rngs(0),
         dtype=jnp.dtype(student_cfg.get("dtype", "float32")),
-        **dict(student_cfg.get("kwargs", {}))))
+        **dict(student_cfg.get("kwargs", {}))), scheme, tuple(info.image_shape)))
     graphdef, params, stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
     device = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     placed = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
@@ -211,7 +246,7 @@ def load_student(workdir: str) -> Student:
                          f"({summary['student_params_sha256'][:12]}); rerun its training "
                          "command to finish it")
     return Student(workdir, config, info, task, graphdef, restored["params"],
-                   restored["batch_stats"], step, digest)
+                   restored["batch_stats"], step, digest, scheme)
 
 
 # ---------------------------------------------------------------------------- the formats
@@ -222,9 +257,16 @@ def _input_shape(student: Student, batch: str) -> tuple:
     return (*jax.export.symbolic_shape("b"), *student.image_shape)
 
 
+def _serving(student: Student, fmt: str):
+    """The serving function of what `fmt` exports (`Student.deployed_model`)."""
+    if student.quantization == quantization.NONE:
+        return student.serving_function()
+    return student.serving_function(student.deployed_model(fmt))
+
+
 def to_stablehlo(student: Student, batch: str = "1") -> bytes:
     """The serialized `jax.export.Exported` of the serving function, for CPU."""
-    exported = jax.export.export(jax.jit(student.serving_function()), platforms=("cpu",))(
+    exported = jax.export.export(jax.jit(_serving(student, "stablehlo")), platforms=("cpu",))(
         jax.ShapeDtypeStruct(_input_shape(student, batch), jnp.uint8))
     return bytes(exported.serialize())
 
@@ -248,11 +290,16 @@ def _tensorflow():
 
 def to_tflite(student: Student, batch: str = "1") -> bytes:
     """A TFLite flatbuffer of the serving function: jax2tf -> tf.function ->
-    `tf.lite.TFLiteConverter`, TFLite builtin ops only, float32 weights."""
+    `tf.lite.TFLiteConverter`, TFLite builtin ops only; float32 weights, or for an int8
+    student dynamic-range quantization (int8 kernels, activations quantized at run time)."""
     tf, jax2tf = _tensorflow()
+    if student.quantization not in (quantization.NONE, "int8"):
+        raise ValueError(f"--format=tflite: a '{student.quantization}' student has no TFLite "
+                         "form here (TFLite's converter stores int8 kernels only); use "
+                         "--format=stablehlo, which keeps its integer kernels")
     h, w, c = student.image_shape
     poly = None if batch == "1" else [f"(b, {h}, {w}, {c})"]
-    converted = jax2tf.convert(student.serving_function(), polymorphic_shapes=poly,
+    converted = jax2tf.convert(_serving(student, "tflite"), polymorphic_shapes=poly,
                                with_gradient=False, native_serialization_platforms=("cpu",))
     module = tf.Module()
     module.serve = tf.function(converted, autograph=False, input_signature=[
@@ -261,6 +308,8 @@ def to_tflite(student: Student, batch: str = "1") -> bytes:
         converter = tf.lite.TFLiteConverter.from_concrete_functions(
             [module.serve.get_concrete_function()], module)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if student.quantization == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative data
         return bytes(converter.convert())
     except Exception as e:  # noqa: BLE001  lowering (jax2tf) or conversion (ConverterError):
         # either's message can be a long MLIR dump; its first line is the reason
@@ -286,24 +335,60 @@ def tflite_runtime(runtime: str = "auto") -> tuple[str, Any]:
     return "tf.lite", tf.lite.Interpreter
 
 
-def _interpreter(artifact: bytes, runtime: str):
+def _interpreter(artifact: bytes, runtime: str, delegates: bool = True):
+    """(runtime name, interpreter); `delegates=False`: the builtin kernels alone (the model's
+    own ops and tensors, not the default XNNPACK delegate's replacement nodes)."""
     name, interpreter_class = tflite_runtime(runtime)
+    kwargs = {}
+    if not delegates:
+        kwargs["experimental_op_resolver_type"] = (
+            sys.modules[interpreter_class.__module__].OpResolverType
+            .BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     with warnings.catch_warnings():  # tf.lite's: 'deprecated, use ai_edge_litert'
         warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
-        return name, interpreter_class(model_content=artifact)
+        return name, interpreter_class(model_content=artifact, **kwargs)
 
 
 def tflite_ops(artifact: bytes, runtime: str = "auto") -> list[str]:
     """The sorted names of the ops a TFLite artifact holds."""
-    _, interpreter = _interpreter(artifact, runtime)
+    _, interpreter = _interpreter(artifact, runtime, delegates=False)
     return sorted({op["op_name"] for op in interpreter._get_ops_details()})
 
 
-def run_tflite(artifact: bytes, batches: list[np.ndarray], runtime: str = "auto"
-               ) -> tuple[str, list[np.ndarray]]:
+def tflite_integer_tensors(artifact: bytes, runtime: str = "auto") -> list[np.ndarray]:
+    """The values of every quantized (int8, with scales) tensor a TFLite artifact holds."""
+    _, interpreter = _interpreter(artifact, runtime, delegates=False)
+    interpreter.allocate_tensors()
+    return [np.array(interpreter.get_tensor(t["index"])) for t in interpreter.get_tensor_details()
+            if t["dtype"] == np.int8 and len(t["quantization_parameters"]["scales"])]
+
+
+def check_integer_kernels(student: Student, fmt: str, artifact: bytes,
+                          runtime: str = "auto") -> None:
+    """Refuses, in one line, the artifact of a quantized student that does not hold every
+    integer kernel of the student (quantization dropped on the way): for TFLite, each int8
+    kernel must be stored exactly (value for value, in TFLite's layout); for StableHLO, as an
+    integer constant of its shape and dtype."""
+    kernels = student.integer_kernels()
+    if fmt == "stablehlo":
+        text = jax.export.deserialize(bytearray(artifact)).mlir_module()
+        missing = quantization.missing_constants(
+            kernels, quantization.stablehlo_integer_constants(text))
+    else:
+        missing = quantization.missing_kernels(kernels, tflite_integer_tensors(artifact, runtime))
+    if missing:
+        raise ValueError(f"--format={fmt}: the converted '{student.quantization}' student does "
+                         f"not hold its integer kernels for {', '.join(missing)} (they would run "
+                         "as float; TFLite's dynamic-range quantizer skips weights of fewer than "
+                         "1,024 elements); not written")
+
+
+def run_tflite(artifact: bytes, batches: list[np.ndarray], runtime: str = "auto",
+               delegates: bool = True) -> tuple[str, list[np.ndarray]]:
     """(runtime name, outputs): runs a TFLite artifact on each batch, resizing its input
-    where the batch's size differs."""
-    name, interpreter = _interpreter(artifact, runtime)
+    where the batch's size differs; `delegates=False`: TFLite's builtin kernels alone."""
+    name, interpreter = _interpreter(artifact, runtime, delegates)
+    name = name if delegates else f"{name} (builtin kernels)"
     ins, outs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(ins) != 1 or len(outs) != 1:
         raise ValueError(f"the TFLite artifact has {len(ins)} inputs and {len(outs)} outputs, "
@@ -356,8 +441,9 @@ def verify(student: Student, fmt: str, artifact: bytes, batch: str, images: np.n
     batches = _batches(images, batch, int(student.config.eval_batch_size))
     if fmt == "stablehlo":
         name, outputs = "jax.export.deserialize", run_stablehlo(artifact, batches)
-    else:
-        name, outputs = run_tflite(artifact, batches, runtime)
+    else:  # a quantized student: the builtin kernels, which round as qwix does (module doc)
+        name, outputs = run_tflite(artifact, batches, runtime,
+                                   delegates=student.quantization == quantization.NONE)
     reference = student.reference_logits(images)
     diff, got, start = 0.0, [], 0
     for b, o in zip(batches, outputs, strict=True):
@@ -390,11 +476,13 @@ class ExportResult:
     model: str
     step: int
     verification: Verification
+    quantization: str = quantization.NONE  # the student's scheme; its integer kernels are stored
 
     def report(self) -> str:
         v = self.verification
         sizes = ", ".join(map(str, v.batch_sizes))
-        return (f"exported the student ({self.model}, step {self.step}) as {self.format}, batch "
+        kind = "" if self.quantization == quantization.NONE else f" {self.quantization}"
+        return (f"exported the{kind} student ({self.model}, step {self.step}) as {self.format}, batch "
                 f"{self.batch}: {self.path} ({self.bytes:,} bytes)\n"
                 f"verified in {v.runtime} on {v.examples} eval images (batch sizes {sizes}): max "
                 f"|logit - JAX| {v.max_abs_diff:.3g} (tolerance {v.tolerance:.3g}), top-1 "
@@ -431,6 +519,8 @@ def export(workdir: str, fmt: str, out: str, *, batch: str = "1", verify_batches
     artifact = (to_stablehlo if fmt == "stablehlo" else to_tflite)(student, batch)
     images, labels = student.eval_examples(verify_batches * int(student.config.eval_batch_size))
     check = verify(student, fmt, artifact, batch, images, labels, runtime)
+    if student.quantization != quantization.NONE:
+        check_integer_kernels(student, fmt, artifact, runtime)
     if fmt == "tflite":
         bad = [op for op in tflite_ops(artifact, runtime)
                if op.startswith("Flex") or op in _BUILTIN_EXCLUDED]
@@ -448,7 +538,7 @@ def export(workdir: str, fmt: str, out: str, *, batch: str = "1", verify_batches
         f.write(artifact)
     os.replace(temporary, out)
     return ExportResult(out, fmt, batch, len(artifact), hashlib.sha256(artifact).hexdigest(),
-                        student.config.student.model, student.step, check)
+                        student.config.student.model, student.step, check, student.quantization)
 
 
 # ---------------------------------------------------------------------------- the CLI

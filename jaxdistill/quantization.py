@@ -65,6 +65,22 @@ def check_config(config) -> None:
                          "config.student.quantization='none'")
 
 
+class QatProvider(qwix.QtProvider):
+    """`qwix.QtProvider` that takes the left operand of every dot_general as an activation.
+
+    qwix tells a weight from an activation by identity, then by shape alone: the activation
+    [B, d] entering a square d x d layer has its kernel's shape when B = d, and qwix 0.1.8 then
+    stops on 'lhs and rhs cannot be both weights'. Every model here multiplies activations by
+    weights on the right (x @ W, attention's q @ k^T of two activations, a tied head's h @ E^T).
+    """
+
+    def _create_dot_general_qt_config(self, rule, op_id, lhs, rhs):
+        return super()._create_dot_general_qt_config(rule, op_id, _ACTIVATION, rhs)
+
+
+_ACTIVATION = jax.ShapeDtypeStruct((), jnp.float32)  # matches no parameter, by id or shape
+
+
 def rules(scheme: str) -> list[qwix.QtRule]:
     """The qwix rules of `scheme` (see the module doc), for every op of the model."""
     check_scheme(scheme)
@@ -87,7 +103,7 @@ def qat_model(model: nnx.Module, scheme: str, input_shape, input_dtype=jnp.float
     `qwix.QtProvider`; the model itself for 'none'. Its state is the float model's."""
     if scheme == NONE:
         return model
-    return qwix.quantize_model(model, qwix.QtProvider(rules(scheme)),
+    return qwix.quantize_model(model, QatProvider(rules(scheme)),
                                _sample(input_shape, input_dtype), train=False)
 
 
@@ -169,3 +185,20 @@ def missing_kernels(kernels: dict[str, tuple[np.ndarray, Any]],
         return any(s.dtype == q.dtype and s.shape == c.shape and np.array_equal(s, c)
                    for s in stored for c in kernel_layouts(q))
     return sorted(path for path, (q, _) in kernels.items() if not found(q))
+
+
+_CONSTANT = re.compile(r"stablehlo\.constant dense<[^>]*> : tensor<((?:\d+x)+)(i8|i4)>")
+
+
+def stablehlo_integer_constants(mlir_text: str) -> list[tuple[tuple[int, ...], str]]:
+    """(shape, 'int8' | 'int4') of every integer constant tensor of a StableHLO module."""
+    return [(tuple(int(d) for d in dims.rstrip("x").split("x")), {"i8": "int8", "i4": "int4"}[t])
+            for dims, t in _CONSTANT.findall(mlir_text)]
+
+
+def missing_constants(kernels: dict[str, tuple[np.ndarray, Any]],
+                      constants: list[tuple[tuple[int, ...], str]]) -> list[str]:
+    """The paths of the `kernels` with no integer constant of their shape and dtype among
+    `constants` (`stablehlo_integer_constants`): kernels that reached the program as floats."""
+    return sorted(path for path, (q, _) in kernels.items()
+                  if (tuple(q.shape), str(q.dtype)) not in constants)
