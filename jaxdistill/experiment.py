@@ -15,7 +15,7 @@ import os
 import jax
 import ml_collections
 
-from jaxdistill import bias, run_record, validate
+from jaxdistill import bias, population, run_record, validate
 from jaxdistill.generate import generate_text
 from jaxdistill.logs import RUN_LOG
 from jaxdistill.run_setup import prepare_run
@@ -41,6 +41,7 @@ def teacher_config(config) -> ml_collections.ConfigDict:
         c.num_steps = config.teacher.train.num_steps
         c.optimizer.learning_rate = config.teacher.train.learning_rate
         c.data.augment = config.teacher.train.augment
+        c.population.size, c.population.members, c.population.axis = 0, (), ""
         c.objective = ml_collections.ConfigDict({"ce": {"weight": 1.0}})
         c.student.pruning.method = "none"  # the teacher trains dense
         if config.task == "cross_tokenizer":  # the teacher reads its own tokens
@@ -55,6 +56,7 @@ def scratch_config(config) -> ml_collections.ConfigDict:
         c.teacher.model, c.teacher.checkpoint, c.baseline = "", "", False
         c.onpolicy.lambda_, c.seqkd.enabled = 0.0, False  # on the dataset's completions
         c.objective = ml_collections.ConfigDict({"ce": {"weight": 1.0}})
+        c.population.size, c.population.members, c.population.axis = 0, (), ""
     return c
 
 
@@ -79,8 +81,12 @@ def run(config, workdir: str) -> dict:
     # all refusals before anything is written; the user's own config first
     for name, cfg, wd in sorted(stages, key=lambda stage: stage[0] != "student"):
         with validate.teacher_stage(name == "teacher"):
-            setup = prepare_run(cfg, teacher_checkpoint_required=not (
-                name == "student" and trains_teacher))
+            required = not (name == "student" and trains_teacher)
+            if name == "student" and cfg.population.size:  # N students: their whole step
+                setup = population.prepare_population(
+                    cfg, teacher_checkpoint_required=required).setup
+            else:
+                setup = prepare_run(cfg, teacher_checkpoint_required=required)
             if setup.store is not None:  # the store's fingerprint needs the teacher's params
                 load_teachers(setup)
             run_record.check(cfg, wd)
@@ -91,7 +97,11 @@ def run(config, workdir: str) -> dict:
     summaries = {}
     for name, cfg, wd in stages:
         _announce(name, cfg, wd, log if name == stages[0][0] else None)
-        summaries[name] = train_and_evaluate(cfg, wd)
+        train = (population.train_population if name == "student" and cfg.population.size
+                 else train_and_evaluate)  # N students in one step: jaxdistill.population
+        summaries[name] = train(cfg, wd)
+    if config.population.size:
+        return _population_summary(summaries, workdir)
     summary = merge_summaries(summaries)
     if "scratch" in summaries and "agreement" in summary:  # the baseline of the agreement
         scratch = evaluate_other_student(prepare_run(config), os.path.join(workdir, "scratch"))
@@ -108,6 +118,16 @@ def run(config, workdir: str) -> dict:
             json.dump(summary, f, indent=2)
         if len(summaries) > 1 or "teacher_model" in summary:
             print(comparison_table(summary), flush=True)
+    return summary
+
+
+def _population_summary(summaries: dict[str, dict], workdir: str) -> dict:
+    """Writes and prints the summary of a population experiment (`population.merge_summaries`)."""
+    summary = population.merge_summaries(summaries)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, SUMMARY), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(population.table(summary), flush=True)
     return summary
 
 
