@@ -14,7 +14,8 @@ benchmark mode:
 - ``teacher_forward`` uses the ``kd_online`` config (its teacher half).
 
 Token pairs (``config.task='causal_lm'``, decoder LMs) have the modes ``student``,
-``teacher_forward`` and ``kd_online``, each in two loss forms (`LOSS_IMPLS`): ``chunked``
+``teacher_forward``, ``kd_online`` and ``kd_offline`` (from a token store's top-k entries,
+`jaxdistill.store.tokens`), each in two loss forms (`LOSS_IMPLS`): ``chunked``
 (``config.lm.chunk_size`` = the pair's `chunk_size`: every logit term chunk by chunk through
 each model's output head, `jaxdistill.losses.chunked`) and ``naive`` (``chunk_size=0``: the
 [B, L, V] logits of both models held whole).
@@ -33,7 +34,7 @@ from jaxdistill.recipes import cifar100_recipe
 
 ALL_MODES = ("student", "teacher_forward", "kd_online", "feature", "kd_offline",
              "population")
-LM_MODES = ("student", "teacher_forward", "kd_online")
+LM_MODES = ("student", "teacher_forward", "kd_online", "kd_offline")
 LOSS_IMPLS = ("chunked", "naive")  # the two loss forms of a token pair
 
 

@@ -19,13 +19,15 @@ Modes (`--modes`; all but population by default):
                    (issue 12's goal, from the same group's student and teacher_forward)
   kd_offline       the train step with ce + kd, the teacher's outputs read from the batch as an
                    offline teacher store feeds them (`--store_top_k` logits per example; no
-                   augmentation, which a store excludes). Reading the records is the host's
-                   work beside the step (the data layer's prefetch) and is not timed here.
+                   augmentation, which a store excludes; LM pairs: a token store's top-k
+                   log-probabilities per position, bfloat16 + uint16 ids, sparse KD). Reading
+                   the records is the host's work beside the step (the data layer's prefetch)
+                   and is not timed here.
 
 LM pairs (`lm`: lm_base -> lm_20m at V = 32,768, L = 1,024, batch 8, for an accelerator;
 `lm_quick`: lm_student -> lm_tiny at the same V and L, batch 2, for a CPU; `--pairs=lm --quick`
-measures lm_quick) have the modes student, teacher_forward and kd_online, each in both loss
-forms (`--loss_impls`): `chunked` (config.lm.chunk_size = `--chunk_size`, default 64: every
+measures lm_quick) have the modes student, teacher_forward, kd_online and kd_offline, each in
+both loss forms (`--loss_impls`): `chunked` (config.lm.chunk_size = `--chunk_size`, default 64: every
 logit term chunk by chunk through each model's head under `jax.checkpoint`,
 `jaxdistill.losses.chunked`) and `naive` (chunk_size 0: [B, L, V] logits). Each form is its own
 group (own peak matmul); its records carry `loss_impl`, `tokens_per_second`,
@@ -91,6 +93,8 @@ from jaxdistill.losses.chunked import HIDDEN, LogitChunks, weighted_sums
 from jaxdistill.run_setup import DTYPES, RunSetup, model_factory, prepare_run
 from jaxdistill.step import output_head, teacher_outputs
 from jaxdistill.store import StoreLayout, topk_entries
+from jaxdistill.store.token_writer import top_k_per_position
+from jaxdistill.store.tokens import TokenStoreLayout
 from jaxdistill.train import compile_steps
 
 if __package__:  # python -m benchmarks.throughput
@@ -197,7 +201,9 @@ class PairBench:
         if not 0 <= store_top_k <= pair.num_classes:
             raise ValueError(f"--store_top_k={store_top_k}: must be in [0, {pair.num_classes}] "
                              f"for pair '{pair.name}' (0 = all classes)")
-        self.store = StoreLayout(store_top_k or pair.num_classes, pair.num_classes)
+        self.store = (TokenStoreLayout(store_top_k or pair.num_classes, pair.num_classes,
+                                       pair.seq_len) if pair.tokens
+                      else StoreLayout(store_top_k or pair.num_classes, pair.num_classes))
         self._setups: dict[str, RunSetup] = {}
         self._teacher_cache = teacher_cache
         self._batch = None
@@ -330,11 +336,15 @@ def kd_offline(bench: PairBench) -> Program:
     """The KD step fed by a store: the batch carries what `jaxdistill.teacher_store` keeps of
     the (random) teacher's logits on its images, top-k entries and log-sum-exps."""
     online = bench.setup("kd_online")
-    teacher, images = bench.teacher(online), bench.batch(online)["image"]
-    def store_fields(t, x):
-        logits = teacher_outputs(online.ctx, t, x)[0]
+    teacher, batch = bench.teacher(online), bench.batch(online)
+    def store_fields(t, b):
+        if online.info.kind == "tokens":  # a token store: top-k per position (full logits once)
+            inputs = online.task.inputs(b, None, train=False)
+            logits = teacher_outputs(online.ctx, t, inputs.x, **inputs.kwargs)[0]
+            return bench.store.fields_from_entries(*top_k_per_position(logits, bench.store.top_k))
+        logits = teacher_outputs(online.ctx, t, b["image"])[0]
         return StoreLayout.batch_fields(topk_entries(logits, bench.store.top_k))
-    fields = jax.jit(store_fields, out_shardings=online.batch_sharding)(teacher, images)
+    fields = jax.jit(store_fields, out_shardings=online.batch_sharding)(teacher, batch)
     return _train_program(bench, "kd_offline", {**bench.batch(online), **fields})
 
 

@@ -170,6 +170,7 @@ def tiny_lm(tmp_path_factory):
            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"}
     proc = _bench("--pairs=lm", "--quick", f"--vocab_size={LM_VOCAB}", f"--seq_len={LM_LEN}",
                   f"--chunk_size={LM_CHUNK}", f"--batch_sizes={LM_BATCH}", "--warmup=1",
+                  f"--modes={','.join(LM_MODES)}",
                   "--steps=1", "--repeats=2", "--peak_size=128", f"--out={out}", env=env)
     with open(out / "throughput.json") as f:
         records = json.load(f)
