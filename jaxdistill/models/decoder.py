@@ -82,6 +82,19 @@ def _write(cache: jax.Array, update: jax.Array, start: jax.Array) -> jax.Array:
         cache, update.astype(cache.dtype), start)
 
 
+def check_architecture(model: str, sizes: dict[str, Any], dropout: float, remat: bool) -> None:
+    """One-line ValueErrors naming ``model`` for a size that is not a positive int, a dropout
+    outside [0, 1), or remat with dropout (its recomputation has no dropout keys)."""
+    for field, value in sizes.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{model} {field} must be a positive int, got {value!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"{model} dropout must be in [0, 1), got {dropout}")
+    if remat and dropout:
+        raise ValueError(f"{model} remat recomputes blocks without their dropout keys; use "
+                         "remat=True with dropout=0")
+
+
 class RMSNorm(nnx.Module):
     """``x / rms(x) * scale`` over the last axis, in at least float32 (Zhang & Sennrich,
     NeurIPS 2019)."""
@@ -219,10 +232,8 @@ class Decoder(nnx.Module):
                  rope_theta: float = 10_000.0, norm_eps: float = 1e-5, dropout: float = 0.0,
                  max_seq_len: int | None = None, remat: bool = False, qkv_bias: bool = False, *,
                  num_classes: int, input_shape: tuple[int], dtype: Any = F32, rngs: nnx.Rngs):
-        for field, value in (("dim", dim), ("depth", depth), ("heads", heads),
-                             ("kv_heads", kv_heads), ("mlp_dim", mlp_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Decoder {field} must be a positive int, got {value!r}")
+        check_architecture("Decoder", {"dim": dim, "depth": depth, "heads": heads,
+                                       "kv_heads": kv_heads, "mlp_dim": mlp_dim}, dropout, remat)
         if heads % kv_heads:
             raise ValueError(f"Decoder heads {heads} must be a multiple of kv_heads {kv_heads}")
         if head_dim is None:
@@ -232,11 +243,6 @@ class Decoder(nnx.Module):
             head_dim = dim // heads
         if head_dim < 2 or head_dim % 2:
             raise ValueError(f"Decoder head_dim must be even for rotary embeddings, got {head_dim}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"Decoder dropout must be in [0, 1), got {dropout}")
-        if remat and dropout:
-            raise ValueError("Decoder remat recomputes blocks without their dropout keys; use "
-                             "remat=True with dropout=0")
         if max_seq_len is not None and input_shape[0] > max_seq_len:
             raise ValueError(f"sequence length {input_shape[0]} (config.data.seq_len) exceeds "
                              f"the model's max_seq_len {max_seq_len}; lower it, or raise "

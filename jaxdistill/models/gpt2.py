@@ -97,20 +97,14 @@ class GPT2(decoder.Decoder):
                  norm_eps: float = 1e-5, activation: str = "gelu_new", dropout: float = 0.0,
                  remat: bool = False, *, num_classes: int, input_shape: tuple[int],
                  dtype: Any = jnp.float32, rngs: nnx.Rngs):
-        for field, value in (("dim", dim), ("depth", depth), ("heads", heads),
-                             ("mlp_dim", mlp_dim), ("max_seq_len", max_seq_len)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"GPT2 {field} must be a positive int, got {value!r}")
+        decoder.check_architecture("GPT2", {"dim": dim, "depth": depth, "heads": heads,
+                                            "mlp_dim": mlp_dim, "max_seq_len": max_seq_len},
+                                   dropout, remat)
         if dim % heads:
             raise ValueError(f"GPT2 dim {dim} must be divisible by heads {heads}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"GPT2 activation {activation!r} is unknown; choose one of "
                              f"{sorted(ACTIVATIONS)}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"GPT2 dropout must be in [0, 1), got {dropout}")
-        if remat and dropout:
-            raise ValueError("GPT2 remat recomputes blocks without their dropout keys; use "
-                             "remat=True with dropout=0")
         if input_shape[0] > max_seq_len:
             raise ValueError(f"sequence length {input_shape[0]} (config.data.seq_len) exceeds "
                              f"the model's {max_seq_len} learned positions (max_seq_len)")
