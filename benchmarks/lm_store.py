@@ -35,6 +35,7 @@ import time
 
 import ml_collections
 from absl import app, flags
+from flax import nnx
 from ml_collections import config_flags
 
 from benchmarks.accuracy import enable_compilation_cache
@@ -61,6 +62,8 @@ def define_flags() -> None:
     flags.DEFINE_list("top_ks", ["8", "32", "128", "0"], "store sizes k (0 = all V tokens)")
     flags.DEFINE_string("out", "", "output directory (required)")
     flags.DEFINE_bool("quick", False, "tiny mode: pydoc_topics, lm_tiny, a few steps, k 8 and 0")
+    flags.DEFINE_list("gap_ks", [], "instead: the truncation gap of the KD loss at these k for "
+                      "<out>/student_online on the eval split (`truncation_gap`), no training")
 
 
 def _set(config, fields: dict):
@@ -102,8 +105,9 @@ def _train(config, workdir: str, log) -> dict:
     return result
 
 
-def run(config, out: str, top_ks, teacher_dir: str = "", log=print) -> dict:
-    """The measurements of the module doc; returns the JSON record."""
+def run(config, out: str, top_ks, teacher_dir: str = "", log=print, save=None) -> dict:
+    """The measurements of the module doc; returns the JSON record (also given to `save`
+    after each k, so an interrupted benchmark keeps the rows it finished)."""
     os.makedirs(out, exist_ok=True)
     if not teacher_dir:
         teacher_dir = os.path.join(out, "teacher")
@@ -116,7 +120,21 @@ def run(config, out: str, top_ks, teacher_dir: str = "", log=print) -> dict:
     online_dir = os.path.join(out, "student_online")
     online = _train(config, online_dir, log)
     online_first = _first_step(online_dir)
+    plain = {k: TokenStoreLayout(min(k, info.num_classes), info.num_classes, info.seq_len)
+             for k in (64, 128)}
     rows = []
+    result = {"config": {"dataset": info.tfds_name, "vocab_size": info.num_classes,
+                         "seq_len": info.seq_len, "train_windows": info.splits["train"],
+                         "student": config.student.model, "teacher": config.teacher.model,
+                         "num_steps": config.num_steps, "objective": config.objective.to_dict(),
+                         "teacher_checkpoint": teacher_dir},
+              "online": {"perplexity": online["student_perplexity"], "kl": online["kl"],
+                         "agreement": online["agreement"],
+                         "teacher_perplexity": online["teacher_perplexity"],
+                         "first_step_kd": online_first["kd"]},
+              "rows": rows,
+              "reference_bytes_per_token": {
+                  f"k{k}_bf16_uint16": layout.bytes_per_token for k, layout in plain.items()}}
     for k in top_ks:
         store = os.path.join(out, f"store_k{k}")
         if not os.path.exists(os.path.join(store, "store.json")):
@@ -136,20 +154,57 @@ def run(config, out: str, top_ks, teacher_dir: str = "", log=print) -> dict:
                      "first_step_kd_gap": first["kd"] - online_first["kd"],
                      "perplexity": held_out["perplexity"], "kl": held_out["kl"],
                      "agreement": held_out["agreement"]})
-    plain = {k: TokenStoreLayout(min(k, info.num_classes), info.num_classes, info.seq_len)
-             for k in (64, 128)}
-    return {"config": {"dataset": info.tfds_name, "vocab_size": info.num_classes,
-                       "seq_len": info.seq_len, "train_windows": info.splits["train"],
-                       "student": config.student.model, "teacher": config.teacher.model,
-                       "num_steps": config.num_steps, "objective": config.objective.to_dict(),
-                       "teacher_checkpoint": teacher_dir},
-            "online": {"perplexity": online["student_perplexity"], "kl": online["kl"],
-                       "agreement": online["agreement"],
-                       "teacher_perplexity": online["teacher_perplexity"],
-                       "first_step_kd": online_first["kd"]},
-            "rows": rows,
-            "reference_bytes_per_token": {
-                f"k{k}_bf16_uint16": layout.bytes_per_token for k, layout in plain.items()}}
+        if save is not None:
+            save(result)
+    return result
+
+
+def truncation_gap(setup, student_dir: str, top_ks) -> list[dict]:
+    """Per k, on the eval split: the mean per-token KD (T = 1) of the student in
+    `student_dir` from the bucketed top-k teacher, against the full KL(teacher || student),
+    and the teacher's mean mass outside its top k. No training: the gap the truncation makes
+    in the loss itself."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdistill import checkpoint, losses
+    from jaxdistill.losses.sparse_kd import TeacherEntries, bucket_logits
+    from jaxdistill.step import teacher_eval_logits
+    from jaxdistill.store.token_writer import top_k_per_position
+    from jaxdistill.train import load_teachers
+    teacher = load_teachers(setup)
+    abstract = {"params": setup.abstract_state.params["student"],
+                "batch_stats": setup.abstract_state.batch_stats}
+    student = checkpoint.load_teacher(student_dir, abstract, field=f"the run in {student_dir}")
+    ctx = setup.ctx
+
+    @jax.jit
+    def sums(student, teacher, batch):
+        t = teacher_eval_logits(ctx, teacher, batch)
+        inputs = ctx.task.inputs(batch, None, train=False)
+        model = nnx.merge(ctx.student_def, student["params"], student["batch_stats"])
+        s = model(inputs.x, train=False, **inputs.kwargs)[0]
+        w = batch["weights"] * batch["mask"][:, None]
+        out = {"count": jnp.sum(w), "full": jnp.sum(w * losses.kd_loss(s, t, temperature=1.0))}
+        for k in top_ks:
+            entries = TeacherEntries(*top_k_per_position(t, k))
+            out[f"kd{k}"] = jnp.sum(w * losses.kd_loss(*bucket_logits(s, entries), temperature=1.0))
+            out[f"tail{k}"] = jnp.sum(w * jnp.exp(entries.log_tail))
+        return out
+    total = None
+    for batch in data.make_eval_iterator(setup.info, split=setup.config.data.eval_split,
+                                         reader="grain",
+                                         global_batch_size=setup.config.eval_batch_size,
+                                         sharding=setup.batch_sharding):
+        got = jax.device_get(sums(student, teacher, batch))
+        total = got if total is None else {k: total[k] + got[k] for k in total}
+    n, full = float(total["count"]), float(total["full"]) / float(total["count"])
+    return [{"top_k": k, "kd": float(total[f"kd{k}"]) / n, "full_kl": full,
+             "relative_gap": float(total[f"kd{k}"]) / n / full - 1.0,
+             "teacher_tail_mass": float(total[f"tail{k}"]) / n,
+             "bytes_per_token": TokenStoreLayout(k, setup.info.num_classes,
+                                                 setup.info.seq_len).bytes_per_token}
+            for k in top_ks]
 
 
 def markdown(result: dict) -> str:
@@ -177,10 +232,26 @@ def main(argv):
     top_ks = [int(k) for k in FLAGS.top_ks]
     if FLAGS.quick:
         config, top_ks = _set(config, QUICK), [8, 0]
-    result = run(config, FLAGS.out, top_ks, FLAGS.teacher)
-    with open(os.path.join(FLAGS.out, "lm_store.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    print(markdown(result))
+    if FLAGS.gap_ks:
+        config = _with_teacher_tokenizer(config, FLAGS.teacher) if FLAGS.teacher else config
+        config = _set(config, {"teacher.checkpoint": FLAGS.teacher or os.path.join(
+            FLAGS.out, "teacher"), "baseline": False})
+        rows = truncation_gap(prepare_run(config), os.path.join(FLAGS.out, "student_online"),
+                              [int(k) for k in FLAGS.gap_ks])
+        with open(os.path.join(FLAGS.out, "lm_store_gap.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+        print("| k | B/token | teacher mass outside top k | KD from top k | full KL | gap |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['top_k']} | {r['bytes_per_token']:.1f} | {r['teacher_tail_mass']:.4f} | "
+                  f"{r['kd']:.4f} | {r['full_kl']:.4f} | {r['relative_gap']:+.2%} |")
+        return
+
+    def save(result):
+        with open(os.path.join(FLAGS.out, "lm_store.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        print(markdown(result), flush=True)
+    save(run(config, FLAGS.out, top_ks, FLAGS.teacher, save=save))
 
 
 if __name__ == "__main__":
