@@ -33,7 +33,7 @@ def get_config(arg=None):
         c.student.model = c.teacher.model = "mlp"
         c.student.kwargs.widths = (16,)
         c.teacher.kwargs.widths = (32,)
-        c.teacher.train.num_steps = 8
+        c.teacher.train.num_steps = 4
         c.batch_size = 64
         c.eval_batch_size = 200
         c.num_steps = 4
