@@ -1,5 +1,5 @@
 """benchmarks/edge.py on a tiny workdir (a digits MLP teacher in <dir>/teacher, a pruned MLP
-student distilled from it in <dir>): every StableHLO artifact measured in its runtime (TFLite
+student (2:4) distilled from it in <dir>): every StableHLO artifact measured in its runtime (TFLite
 is left to the benchmark: TensorFlow's import and conversion cost ~15 s here), the accuracy
 there equal to the trainer's own eval, the JSON / Markdown / PNG written with their fields;
 the Pareto front against a hand-made case; a workdir without a distillation run refused."""
@@ -11,6 +11,8 @@ import pytest
 
 import jaxdistill as jd
 from benchmarks import edge
+from jaxdistill import export as ex
+from jaxdistill import pruning
 
 
 def _config(widths):
@@ -33,7 +35,7 @@ def report(tmp_path_factory):
     c.teacher.model, c.teacher.kwargs = "mlp", {"widths": (16,)}
     c.teacher.checkpoint = str(root / "teacher")
     c.objective.kd = {"weight": 1.0, "temperature": 2.0}
-    c.student.pruning.update(method="magnitude", sparsity=0.5, end_step=2, frequency=1)
+    c.student.pruning.update(method="nm", n=2, m=4)  # 2:4 from step 0
     summary = jd.train_and_evaluate(c, str(root))
     out = root / "report"
     result = edge.report(str(root), str(out), formats=("stablehlo",), latency_runs=5, batch=16)
@@ -46,7 +48,7 @@ def test_report_measures_every_artifact(report):
     assert sorted(records) == [("student", "stablehlo"), ("teacher", "stablehlo")]
     for fmt in ("stablehlo",):
         t, s = records[("teacher", fmt)], records[("student", fmt)]
-        assert t["kind"] == "teacher" and s["kind"] == "pruned magnitude 0.5"
+        assert t["kind"] == "teacher" and s["kind"] == "pruned 2:4"
         assert t["params"] == 64 * 16 + 16 + 16 * 10 + 10 and s["params"] == 64 * 8 + 8 + 90
         assert s["nonzero_params"] <= s["params"] - (64 * 8 + 8 * 10) // 2
         assert t["agreement"] == 1.0 and t["compression"] == 1.0
@@ -63,6 +65,18 @@ def test_report_measures_every_artifact(report):
     md = (out / "edge.md").read_text()
     assert md.count("| student |") == 1 and md.count("| teacher |") == 1
     assert (out / "edge.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_two_four_student_trains_and_exports_with_its_zeros(report):
+    """The trained 2:4 student (restored as export restores it) keeps exactly 2 of every 4
+    kernel weights along the input axis; its artifact holds the zeros (the artifact's logits
+    are the student's: max_abs_diff above)."""
+    student = ex.load_student(str(report[0]))
+    kernels = pruning.prunable(student.params, ("kernel",))
+    assert sorted(kernels) == ["fc/kernel/value", "hidden/0/kernel/value"]
+    for w in kernels.values():
+        w = np.asarray(w)
+        assert ((w.T.reshape(w.shape[1], -1, 4) != 0).sum(-1) == 2).all()
 
 
 def test_pareto_front():

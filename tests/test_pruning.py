@@ -1,16 +1,16 @@
 """`jaxdistill.pruning`: the cubic schedule (Zhu & Gupta 2017) against hand-computed values,
 global and per-layer magnitude masks and the N:M mask against NumPy, pruned weights exactly
 zero (and their momentum) after steps, after a checkpoint and after a resume, and the
-refusals of bad `config.student.pruning` fields, in one line, before anything is written."""
+refusals of bad `config.student.pruning` fields, in one line, before anything is written.
+(A 2:4 student trained, checkpointed and exported end to end: tests/test_edge.py.)"""
 
 import jax
 import numpy as np
 import pytest
 
 import jaxdistill as jd
-from jaxdistill import checkpoint, data, pruning
+from jaxdistill import checkpoint, pruning
 from jaxdistill.run_setup import prepare_run
-from jaxdistill.step import train_step
 
 
 def _spec(**kw):
@@ -97,33 +97,6 @@ def _assert_pruned_zero(state):
                 assert (np.asarray(leaf)[~m] == 0).all(), key
 
 
-def test_nm_steps_keep_two_of_four(tmp_path):
-    """2:4 through the jitted train step: every step's kernels have exactly 2 nonzeros in
-    each group of 4 inputs, and the masked momentum is zero; the step traces once."""
-    c = _config(method="nm", start_step=0, end_step=0)
-    c.num_steps = 5
-    setup = prepare_run(c)
-    state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(jax.random.key(0))
-    traces = []
-
-    def step(*args):
-        traces.append(1)
-        return train_step(setup.ctx, *args)
-    fn = jax.jit(step, donate_argnums=(0,))
-    batches = data.make_train_iterator(setup.info, split="train", reader="grain",
-                                       global_batch_size=64, seed=0,
-                                       sharding=setup.batch_sharding)
-    for _ in range(3):
-        state, metrics = fn(state, None, next(batches))
-        assert float(metrics["sparsity"]) == 0.5
-        _assert_pruned_zero(state)
-        for w in pruning.select(state.params["student"], state.masks).values():
-            w = np.asarray(w)
-            nonzero = (np.moveaxis(w, -2, -1).reshape(w.shape[-1], -1, 4) != 0).sum(-1)
-            assert (nonzero == 2).all()
-    assert len(traces) == 1
-
-
 def _restore(workdir, setup):
     ckpts = checkpoint.RunCheckpoints(str(workdir))
     try:
@@ -141,12 +114,12 @@ def test_magnitude_pruning_survives_checkpoint_and_resume(tmp_path):
     c = _config(**fields)
     c.num_steps = c.checkpoint_every = c.eval_every = 3
     first = jd.train_and_evaluate(c, str(tmp_path))
-    setup3 = prepare_run(c)
-    at3 = _restore(tmp_path, setup3)
+    setup = prepare_run(c)  # num_steps aside, the resumed run's state has the same shapes
+    at3 = _restore(tmp_path, setup)
     c6 = _config(**fields)
     c6.num_steps, c6.checkpoint_every, c6.eval_every = 6, 3, 3
     last = jd.train_and_evaluate(c6, str(tmp_path))
-    at6 = _restore(tmp_path, prepare_run(c6))
+    at6 = _restore(tmp_path, setup)
     assert int(at3.step) == 3 and int(at6.step) == 6
     assert first["student_params_sha256"] != last["student_params_sha256"]  # it trained on
     for state in (at3, at6):
