@@ -311,7 +311,7 @@ def _loop(pop: PopulationSetup, train_fn, evaluate_fn, states, batches, ckpts, w
           watch, workdir):
     """Steps to `config.num_steps` with per-member logging, eval and one checkpoint of the
     population; returns (states, last evals, timed steps, training seconds)."""
-    from jaxdistill.train import _mean_checked
+    from jaxdistill.train import _mean_checked, stop_preempted
     config, task = pop.config, pop.setup.task
     items = task.items_per_step(config.batch_size, pop.setup.info)
     start = int(jax.device_get(states.step)[0])
@@ -359,9 +359,7 @@ def _loop(pop: PopulationSetup, train_fn, evaluate_fn, states, batches, ckpts, w
             ckpts.save(states, batches.position, metrics=ranking)
         timer_start += time.perf_counter() - paused
         if preempted:
-            writer.print(f"preempted: saved a checkpoint at step {step} in {workdir}; rerun the "
-                         "same command to resume")
-            raise SystemExit(0)
+            stop_preempted(writer, step, workdir)
     elapsed = time.perf_counter() - timer_start if timer_start is not None else 0.0
     return states, evals, timed, elapsed
 

@@ -243,11 +243,16 @@ def _loop(setup: RunSetup, train_fn, evaluate_fn, state, teacher, batches, ckpts
             ckpts.save(state, batches.position, metrics=shown if eval_now else None)
         timer_start += time.perf_counter() - paused
         if preempted:
-            writer.print(f"preempted: saved a checkpoint at step {step} in {workdir}; rerun the "
-                         "same command to resume")
-            raise SystemExit(0)
+            stop_preempted(writer, step, workdir)
     elapsed = time.perf_counter() - timer_start if timer_start is not None else 0.0
     return state, last_eval, timed_steps, elapsed
+
+
+def stop_preempted(writer, step: int, workdir: str) -> None:
+    """Exits 0 after a preemption checkpoint at `step`, saying how to resume."""
+    writer.print(f"preempted: saved a checkpoint at step {step} in {workdir}; rerun the same "
+                 "command to resume")
+    raise SystemExit(0)
 
 
 def _summary(setup: RunSetup, workdir: str, state, result: dict, timed_steps: int,
