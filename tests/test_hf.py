@@ -208,18 +208,15 @@ def _random_model_of(config_cls, model_cls, kwargs):
 
 
 def _kd_config(teacher_dir: str, vocab: int, **overrides):
-    """configs/lm_kd.py:runlocal shrunk to 2 steps of lm_tiny on 24 pydoc topics tokenised
-    with the teacher's tokenizer.json, the teacher from `teacher_dir`."""
-    model, kwargs = hf.registry_entry(teacher_dir, max_seq_len=L)
-    config = load_config("lm_kd", "runlocal")
+    """configs/lm_hf_kd.py:<teacher_dir>,runlocal shrunk to 2 steps of lm_tiny on 24 pydoc
+    topics (tokenised with the teacher's tokenizer.json)."""
+    config = load_config("lm_hf_kd", f"{teacher_dir},runlocal")
+    assert config.data.vocab_size == vocab and config.teacher.hf_checkpoint == teacher_dir
     return set_fields(config, **{
-        "data.name": "pydoc_topics", "data.max_documents": 24, "data.vocab_size": vocab,
-        "data.seq_len": L, "data.tokenizer": os.path.join(teacher_dir, files.TOKENIZER),
-        "student.model": "lm_tiny", "teacher.model": model, "teacher.kwargs": kwargs,
-        "teacher.hf_checkpoint": teacher_dir, "batch_size": 8, "eval_batch_size": 32,
-        "num_steps": 2, "baseline": False, "log_every": 1, "eval_every": 0,
-        "checkpoint_every": 0, "optimizer.warmup_steps": 0, "lm.chunk_size": 0,
-        "lm.sample_tokens": 8, **overrides})
+        "data.name": "pydoc_topics", "data.max_documents": 24, "data.seq_len": L,
+        "student.model": "lm_tiny", "batch_size": 8, "eval_batch_size": 32, "num_steps": 2,
+        "log_every": 1, "eval_every": 0, "checkpoint_every": 0, "optimizer.warmup_steps": 0,
+        "lm.chunk_size": 0, "lm.sample_tokens": 8, **overrides})
 
 
 def test_distillation_run_with_a_saved_llama_teacher(llama_teacher, tmp_path):

@@ -1,0 +1,68 @@
+"""Token-level distillation from a pretrained Hugging Face decoder (Llama, Qwen2, Mistral or
+GPT-2: a directory with config.json, *.safetensors and tokenizer.json, e.g. from
+`save_pretrained`), offline, on the Python standard library's own sources (`pystdlib`).
+
+The teacher is read from that directory (`config.teacher.hf_checkpoint`), its registry model
+and kwargs derived from its config.json (`jaxdistill.hf.registry_entry`), and the data is
+tokenised with its own tokenizer.json (which must hold `<|endoftext|>`, the end of a document:
+GPT-2's and Qwen2's do). Student `lm_student` over the same vocabulary, distilled with the
+forward KL between their next-token distributions plus next-token cross-entropy, chunk by
+chunk over the sequence. The argument is the directory (no commas), then optionally
+`,runlocal`:
+
+  python -m jaxdistill.main --config=configs/lm_hf_kd.py:/path/to/model --workdir=/tmp/lm_hf_kd
+  python -m jaxdistill.main --config=configs/lm_hf_kd.py:/path/to/model,runlocal --workdir=/tmp/lm_hf
+"""
+
+import os
+
+from jaxdistill import hf
+from jaxdistill.defaults import base_config
+from jaxdistill.hf import files
+
+
+def get_config(arg=None):
+    path, _, option = (arg or "").partition(",")
+    if not path:
+        raise ValueError("configs/lm_hf_kd.py needs the teacher's directory: "
+                         "--config=configs/lm_hf_kd.py:/path/to/model[,runlocal]")
+    if option not in ("", "runlocal"):
+        raise ValueError(f"configs/lm_hf_kd.py: unknown option '{option}' (try 'runlocal')")
+    c = base_config()
+    c.task = "causal_lm"
+    c.data.name = "pystdlib"
+    c.data.tokenizer = os.path.join(path, files.TOKENIZER)
+    c.data.vocab_size = int(files.read_config(path)["vocab_size"])  # the run checks the tokenizer's
+    c.data.seq_len = 128
+    c.data.max_documents = 300      # the first 300 files in path order
+    c.batch_size = 16
+    c.eval_batch_size = 64
+
+    c.student.model = "lm_student"
+    c.teacher.hf_checkpoint = path
+    c.objective.ce.weight = 0.5
+    c.objective.kd = {"weight": 0.5, "temperature": 1.0}
+    c.lm.chunk_size = 32
+    c.lm.sample_tokens = 40
+
+    c.num_steps = 600
+    c.optimizer.name = "adamw"
+    c.optimizer.learning_rate = 3e-3
+    c.optimizer.warmup_steps = 30
+    c.optimizer.weight_decay = 0.01
+    c.optimizer.grad_clip = 1.0
+    c.log_every = 100
+    c.eval_every = 300
+    c.checkpoint_every = 300
+
+    if option == "runlocal":
+        c.data.max_documents = 120
+        c.data.seq_len = 64
+        c.num_steps = 150
+        c.lm.chunk_size = 16
+        c.lm.sample_tokens = 24
+        c.log_every = 50
+        c.eval_every = c.checkpoint_every = 75
+    c.teacher.model, kwargs = hf.registry_entry(path, max_seq_len=c.data.seq_len)
+    c.teacher.kwargs = kwargs
+    return c
