@@ -68,6 +68,20 @@ def architecture(hf_config: Mapping[str, Any]) -> dict[str, Any]:
             "norm_eps": float(hf_config.get("layer_norm_eps", 1e-12))}
 
 
+def registry_entry(hf_config: dict, *, max_seq_len: int | None = None,
+                   where: str = "") -> tuple[str, dict]:
+    """(registry name, kwargs) of the `Bert` with the architecture in ``hf_config`` (every
+    field given, so any Bert registry name with these kwargs is the same model)."""
+    try:
+        kwargs = architecture(hf_config)
+    except ValueError as e:
+        raise ValueError(f"{where or 'bert checkpoint'}: {e}") from None
+    if max_seq_len is not None and max_seq_len > kwargs["max_positions"]:
+        raise ValueError(f"{where or 'bert checkpoint'}: sequence length {max_seq_len} exceeds "
+                         f"max_position_embeddings {kwargs['max_positions']}")
+    return "bert_minilm_l6", kwargs
+
+
 def builder(hf_config: dict, *, dtype: Any, max_seq_len: int | None = None,
             layers: Sequence[int] | None = None):
     """(``make(rngs)`` building the empty `Bert` of ``hf_config`` with the encoder layers
