@@ -6,7 +6,10 @@ called like every registry model, ``model(tokens) -> (logits, features)`` with
 ``features['last_hidden']`` the final hidden states (after the final norm), and a dict that
 describes it. config.json's ``model_type`` picks the family module (``FAMILIES``), imported
 on first use; each exposes ``load(hf_config, tensors, *, dtype, max_seq_len, shardings) ->
-(model, info)`` and usually builds its model with ``assemble``.
+(model, info)``, most through ``load_family`` from their ``builder(hf_config, dtype=,
+max_seq_len=) -> (make, info)`` and ``arrays(hf_config, tensors) -> {parameter path: array}``;
+the decoder families also give ``registry_entry(hf_config, max_seq_len=)``, the registry
+name and kwargs a run's ``config.teacher`` uses beside ``hf_checkpoint`` (``check_teacher``).
 """
 
 from __future__ import annotations
