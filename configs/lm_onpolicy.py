@@ -20,7 +20,7 @@ from (then `,runlocal` shrinks the run):
   python -m jaxdistill.main --config=configs/lm_onpolicy.py:seqkd \\
       --config.teacher.checkpoint=/tmp/lm_onpolicy/teacher --workdir=/tmp/lm_seqkd
   python -m jaxdistill.main --config=configs/lm_onpolicy.py:runlocal --workdir=/tmp/lm_op_local
-  python -m benchmarks.onpolicy --seeds=3 --out=/tmp/onpolicy_bench   # all of them, by seed
+  python -m benchmarks.onpolicy --seeds=3 --out=/tmp/onpolicy_bench  # supervised, seqkd, onpolicy
 """
 
 from jaxdistill.defaults import base_config
