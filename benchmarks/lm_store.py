@@ -10,8 +10,8 @@ teacher in memory) into `<out>/student_k<k>`; beside them the same student disti
 what the KD term sees.
 
 Measured per k: the store's record bytes per token (`store.json`) and its files' bytes per
-token on disk; the first step's KD value against the online run's (same student, same batch:
-the gap the top-k truncation makes before training moves anything); and after
+token on disk; the KD of the first logged train record (`first_step_kd`: the mean over the
+first `config.log_every` steps) against the online run's (same init and batches); and after
 `config.num_steps` steps the held-out student perplexity, KL(teacher || student) per token and
 top-1 agreement, each student evaluated beside the teacher (`train.evaluate_other_student`
 with the online config). Output: `<out>/lm_store.json` and a Markdown table, printed.
@@ -210,7 +210,7 @@ def truncation_gap(setup, student_dir: str, top_ks) -> list[dict]:
 def markdown(result: dict) -> str:
     """The table of `run`'s record."""
     o = result["online"]
-    lines = ["| k | B/token (record) | B/token (disk) | first-step KD (gap vs online) | "
+    lines = ["| k | B/token (record) | B/token (disk) | first logged KD (gap vs online) | "
              "held-out ppl | KL(teacher‖student) | agreement |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['top_k']} | {r['bytes_per_token']:.1f} | "
