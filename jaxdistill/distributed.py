@@ -1,6 +1,7 @@
 """Joining a multi-process (multi-host) run: `initialize(...)` before any other JAX call.
 
-Three modes (`--distributed` in `jaxdistill.main`):
+Three modes (`--distributed`, one of the flags `define_flags` gives every command that can
+join a run: `jaxdistill.main`, `jaxdistill.teacher_store`):
 
 - ``off`` (default): one process, nothing to join; the offline demo needs nothing.
 - ``auto``: JAX's cluster auto-detection (`jax.distributed.initialize()` with no
@@ -39,6 +40,8 @@ import logging
 import os
 import sys
 import traceback
+
+from absl import flags
 
 MODES = ("off", "auto", "explicit")
 
@@ -106,6 +109,48 @@ def parse_device_ids(text: str | None) -> tuple[int, ...] | None:
     except ValueError:
         raise ValueError(f"--local_device_ids={text!r}: expected comma-separated integers, "
                          "e.g. 0,1,2,3") from None
+
+
+def define_flags() -> None:
+    """Defines the flags of a multi-process run (`--distributed` and what it takes) on
+    absl's FLAGS; a command calls it once at its module top."""
+    flags.DEFINE_enum(
+        "distributed", "off", MODES,
+        "off: one process. auto: join the cluster JAX detects (Cloud TPU VM pod, SLURM srun, "
+        "Open MPI). explicit: --coordinator_address, --num_processes, --process_id.")
+    flags.DEFINE_string("coordinator_address", None,
+                        "host:port of process 0's coordination service.")
+    flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+    flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1.")
+    flags.DEFINE_string(
+        "local_device_ids", None, "Comma-separated accelerator ids this process uses (GPU); "
+        "default: all visible, or under SLURM auto-detection the one at SLURM_LOCALID.")
+    flags.DEFINE_integer(
+        "heartbeat_timeout", HEARTBEAT_TIMEOUT_S,
+        "Seconds without a heartbeat after which a process counts as dead and the others stop.")
+    flags.DEFINE_integer("init_timeout", INIT_TIMEOUT_S,
+                         "Seconds to wait for every process to join.")
+    flags.DEFINE_integer("shutdown_timeout", SHUTDOWN_TIMEOUT_S,
+                         "Seconds to wait for every process at exit.")
+
+
+def settings_from_flags() -> Settings:
+    """The `Settings` the parsed flags of `define_flags` describe."""
+    f = flags.FLAGS
+    return Settings(mode=f.distributed, coordinator_address=f.coordinator_address,
+                    num_processes=f.num_processes, process_id=f.process_id,
+                    local_device_ids=parse_device_ids(f.local_device_ids),
+                    heartbeat_timeout=f.heartbeat_timeout, init_timeout=f.init_timeout,
+                    shutdown_timeout=f.shutdown_timeout)
+
+
+def initialize_from_flags() -> bool:
+    """`initialize(settings_from_flags())`, every failure to join a ValueError (a user
+    error, for `validate.reported`)."""
+    try:
+        return initialize(settings_from_flags())
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
 
 
 def _already_initialized() -> bool:

@@ -26,24 +26,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lo
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, summary.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-_DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "off", distributed.MODES,
-    "off: one process. auto: join the cluster JAX detects (Cloud TPU VM pod, SLURM srun, "
-    "Open MPI). explicit: --coordinator_address, --num_processes, --process_id.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0's coordination service.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1.")
-_LOCAL_DEVICES = flags.DEFINE_string(
-    "local_device_ids", None, "Comma-separated accelerator ids this process uses (GPU); "
-    "default: all visible, or under SLURM auto-detection the one at SLURM_LOCALID.")
-_HEARTBEAT = flags.DEFINE_integer(
-    "heartbeat_timeout", distributed.HEARTBEAT_TIMEOUT_S,
-    "Seconds without a heartbeat after which a process counts as dead and the others stop.")
-_INIT_TIMEOUT = flags.DEFINE_integer("init_timeout", distributed.INIT_TIMEOUT_S,
-                                     "Seconds to wait for every process to join.")
-_SHUTDOWN_TIMEOUT = flags.DEFINE_integer("shutdown_timeout", distributed.SHUTDOWN_TIMEOUT_S,
-                                         "Seconds to wait for every process at exit.")
+distributed.define_flags()
 
 
 def main(argv):
@@ -56,15 +39,7 @@ def main(argv):
                              "a gcsfuse mount)")
         validate.check_workdir(_WORKDIR.value)
         validate.check_config(_CONFIG.value)  # before joining a cluster
-        try:
-            distributed.initialize(distributed.Settings(
-                mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
-                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
-                local_device_ids=distributed.parse_device_ids(_LOCAL_DEVICES.value),
-                heartbeat_timeout=_HEARTBEAT.value, init_timeout=_INIT_TIMEOUT.value,
-                shutdown_timeout=_SHUTDOWN_TIMEOUT.value))
-        except RuntimeError as e:
-            raise ValueError(str(e)) from None
+        distributed.initialize_from_flags()
     from jaxdistill import experiment  # after initialize: nothing may touch JAX's backends first
     with distributed.fail_fast(), validate.reported():
         experiment.run(_CONFIG.value, _WORKDIR.value)

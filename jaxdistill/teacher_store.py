@@ -10,7 +10,8 @@ an ArrayRecord store in DIR (new or empty), addressable by example index. For a 
 config it writes a token store instead (`jaxdistill.store.tokens`): per window, the teacher's
 top-k log-probabilities and token ids at every position (--log_prob_dtype bfloat16, the
 default, or float32; ids in uint16 up to 65,536 tokens) and the log of the mass outside them.
-Process 0 writes; multi-process runs take main.py's --distributed flags.
+Process 0 writes; multi-process runs take main.py's --distributed flags
+(`distributed.define_flags`).
 
 The library lives in `jaxdistill.store` (`TeacherStore`, `dense_teacher_logits`, the fingerprint
 checks) and `jaxdistill.store.writer` (`write_store`); its names are also importable from here.
@@ -38,11 +39,7 @@ _LOG_PROB_DTYPE = flags.DEFINE_enum("log_prob_dtype", None, ["bfloat16", "float3
                                     "default bfloat16.")
 flags.mark_flags_as_required(["config", "store"])
 
-_DISTRIBUTED = flags.DEFINE_enum("distributed", "off", distributed.MODES,
-                                 "As in jaxdistill.main: off | auto | explicit.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id.")
+distributed.define_flags()
 
 
 def __getattr__(name):  # the library's names, imported lazily (JAX must not start before main)
@@ -60,12 +57,7 @@ def main(argv):
     with validate.reported(PROG):
         validate.check_workdir(_STORE.value, flag="--store", want="a new or empty directory")
         validate.check_config(_CONFIG.value)  # before joining a cluster
-        try:
-            distributed.initialize(distributed.Settings(
-                mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
-                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value))
-        except RuntimeError as e:
-            raise ValueError(str(e)) from None
+        distributed.initialize_from_flags()
     from jaxdistill.store.writer import write_store  # after initialize
     with distributed.fail_fast(), validate.reported(PROG):
         write_store(_CONFIG.value, _STORE.value, top_k=_TOP_K.value,

@@ -347,3 +347,26 @@ def test_url_workdir_is_refused_before_anything_runs():
                           text=True, timeout=120, check=False)
     assert proc.returncode != 0
     assert "--workdir=gs://bucket/run: URLs are not supported yet" in proc.stderr
+
+
+@pytest.mark.parametrize("command, out_flag", [("jaxdistill.main", "--workdir"),
+                                               ("jaxdistill.teacher_store", "--store")])
+def test_every_command_takes_the_same_distributed_flags(command, out_flag, tmp_path):
+    """main and teacher_store both define `distributed.define_flags()`'s flags and hand them
+    to the same Settings: a flag of the set given without --distributed is refused by name."""
+    proc = subprocess.run([sys.executable, "-m", command, *TINY, f"{out_flag}={tmp_path}",
+                           "--local_device_ids=0", "--heartbeat_timeout=5", "--helpfull"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    listed = re.search(r"^jaxdistill\.distributed:\n((?:  .*\n)+)", proc.stdout, re.MULTILINE)
+    assert listed, proc.stdout[-2000:]
+    assert set(re.findall(r"^  --(\w+):", listed.group(1), re.MULTILINE)) == {
+        "distributed", "coordinator_address", "num_processes", "process_id",
+        "local_device_ids", "heartbeat_timeout", "init_timeout", "shutdown_timeout"}
+    proc = subprocess.run([sys.executable, "-m", command, *TINY, f"{out_flag}={tmp_path}",
+                           "--local_device_ids=0", "--heartbeat_timeout=5"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "--local_device_ids given but --distributed=off; pass --distributed=explicit (or auto "
+        "on a TPU pod or under SLURM)")
+    assert not os.listdir(tmp_path)
