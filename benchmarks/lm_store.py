@@ -210,8 +210,8 @@ def truncation_gap(setup, student_dir: str, top_ks) -> list[dict]:
 def markdown(result: dict) -> str:
     """The table of `run`'s record."""
     o = result["online"]
-    lines = ["| k | B/token (record) | B/token (disk) | first logged KD (gap vs online) | "
-             "held-out ppl | KL(teacher‖student) | agreement |", "|---|---|---|---|---|---|---|"]
+    lines = [("| k | B/token (record) | B/token (disk) | first logged KD (gap vs online) | "
+              "held-out ppl | KL(teacher‖student) | agreement |"), "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['top_k']} | {r['bytes_per_token']:.1f} | "
                      f"{r['disk_bytes_per_token']:.1f} | {r['first_step_kd']:.4f} "

@@ -23,7 +23,6 @@ from jax.sharding import Mesh, NamedSharding
 
 from jaxdistill import checkpoint, data, onpolicy, parallel, pruning, quantization, seqkd, validate
 from jaxdistill import store as store_lib
-from jaxdistill.store import tokens as store_tokens
 from jaxdistill.flops import dot_conv_flops, program_flops
 from jaxdistill.hf import check_teacher as check_hf_teacher
 from jaxdistill.hf import params as hf_params
@@ -33,6 +32,7 @@ from jaxdistill.objective import MEAN, PRIMARY, build_objective
 from jaxdistill.optim import make_optimizer
 from jaxdistill.state import TrainState
 from jaxdistill.step import StepContext, all_teacher_outputs, forward, train_step
+from jaxdistill.store import tokens as store_tokens
 from jaxdistill.tasks import Task, task_class
 from jaxdistill.terms import Views
 

@@ -1,8 +1,8 @@
 """The language model's offline token store: the sparse divergences against float64 NumPy and
 online KD (k = V), their gradients against the dense float64 formula, the chunked step equal
-to the naive one, writing a store against the teacher's own
-forward pass, its bytes per token, a run from the store that holds no teacher and follows the
-online KD run step for step at k = V, and every refusal before anything compiles."""
+to the naive one, a written store against the teacher's own forward pass, its bytes per
+token, a run from the store that holds no teacher and follows the online KD run step for step
+at k = V, and the refusals (another teacher, sequence length, terms, task, bad flags)."""
 
 import copy
 import json
@@ -286,7 +286,8 @@ def test_stored_entries_are_the_teachers_top_k(config, full_store, top8_store):
     assert top8[FIELDS["log_probs"]].dtype.name == "bfloat16"
     assert top8[FIELDS["ids"]].dtype == np.uint16
     # every token once, largest first, at its own log-probability (near-ties in either order)
-    np.testing.assert_array_equal(np.sort(full[FIELDS["ids"]], -1), np.broadcast_to(np.arange(V), order.shape))
+    np.testing.assert_array_equal(np.sort(full[FIELDS["ids"]], -1),
+                                  np.broadcast_to(np.arange(V), order.shape))
     np.testing.assert_allclose(full[FIELDS["log_probs"]],
                                np.take_along_axis(log_p, full[FIELDS["ids"]], -1), atol=2e-5)
     np.testing.assert_allclose(full[FIELDS["log_probs"]], np.take_along_axis(log_p, order, -1),

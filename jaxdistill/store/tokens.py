@@ -35,7 +35,6 @@ from jaxdistill.store.format import (
     StoredRecords,
     TeacherStore,
     check_format,
-    fingerprint,
     read_meta,
     refuse_if_different,
     source_differences,
@@ -114,7 +113,7 @@ class TokenStoreLayout:
 
     def fields_from_entries(self, log_probs, ids, log_tail) -> dict:
         """Batch fields (as a store's lookup gives them) from float log-probabilities,
-        int ids [..., L, k] and log tails [..., L] (the writer's and benchmarks' outputs)."""
+        int ids [..., L, k] and log tails [..., L] (a synthetic store of the benchmarks)."""
         return {FIELDS["log_probs"]: log_probs.astype(LOG_PROB_DTYPES[self.log_prob_dtype][1]),
                 FIELDS["ids"]: ids.astype(id_dtype(self.vocab_size)),
                 FIELDS["log_tail"]: log_tail.astype(np.float32)}
