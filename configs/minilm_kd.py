@@ -37,7 +37,6 @@ def get_config(arg=None):
     c.data.tokenizer = f"{minilm_dir()}/tokenizer.json"
     c.data.vocab_size = 30522       # the teacher's WordPiece vocabulary
     c.data.seq_len = 64             # word pieces per sentence ([CLS] ... [SEP]; 5% are cut)
-    c.data.labeled = False          # sentences only: the teacher's embeddings are the targets
     c.batch_size = 16
     c.eval_batch_size = 64
 

@@ -24,7 +24,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.reader = "grain"         # 'grain' (array_record via tfds.data_source) or 'tf' (tfds.load, needs the tf extra)
     c.data.train_split = "train"    # split trained on
     c.data.eval_split = "test"      # held-out split evaluated on
-    c.data.labeled = True           # False: a transfer set without labels (terms that need labels are refused)
     c.data.augment = "none"         # 'none' | 'jitter' (random shift) | 'crop_flip' (pad, crop, flip)
     c.data.augment_pixels = 0       # shift / padding in pixels
     c.data.mean = (0.0,)            # per-channel mean subtracted after scaling to [0, 1]

@@ -235,7 +235,7 @@ def _fn_fields(spec: TermSpec) -> tuple[set[str], set[str]]:
 
 
 def build_objective(objective_cfg: Mapping[str, Mapping[str, Any]], *,
-                    has_teacher: bool, has_labels: bool = True, task=None) -> Objective:
+                    has_teacher: bool, task=None) -> Objective:
     """Validates the config's terms and builds the `Objective` (with `task`'s train
     metrics and its list of supported terms); raises a `ValueError` that names the
     offending field (`config.objective.<term>.<field>`)."""
@@ -258,9 +258,6 @@ def build_objective(objective_cfg: Mapping[str, Mapping[str, Any]], *,
         if spec.needs_teacher and not has_teacher:
             raise ValueError(f"{where}: loss '{loss}' needs a teacher; set config.teacher.model "
                              "and config.teacher.checkpoint, or remove the term")
-        if spec.needs_labels and not has_labels:
-            raise ValueError(f"{where}: loss '{loss}' needs labels, but config.data.labeled is "
-                             "False; remove the term or train on a labelled split")
         weight = float(raw.get("weight", 1.0))
         if weight < 0:
             raise ValueError(f"{where}.weight must be >= 0, got {weight}")

@@ -154,8 +154,7 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
             raise ValueError(f"config.{field} ({config[field]}) must be a positive multiple of the "
                              f"meshes' data-like axes ({data_size} devices)")
     has_teacher = bool(config.teacher.model)
-    objective = build_objective(config.objective, has_teacher=has_teacher,
-                                has_labels=config.data.labeled, task=task)
+    objective = build_objective(config.objective, has_teacher=has_teacher, task=task)
     if has_teacher and not objective.needs_teacher:
         raise ValueError("config.objective has no term that uses the teacher; add e.g. "
                          "kd=dict(weight=1.0) or set config.teacher.model = ''")
@@ -217,7 +216,7 @@ def prepare_run(config, *, teacher_checkpoint_required: bool = True,
                             teacher_store)
     objective.check_models(views)
     split_labels = (data.split_labels(info, config.data.train_split)
-                    if objective.needs_split_labels and config.data.labeled else None)
+                    if objective.needs_split_labels else None)
     objective = objective.bind(views, num_data=info.splits[config.data.train_split],
                                split_labels=split_labels)
     tx, schedule = make_optimizer(config.optimizer, config.num_steps,

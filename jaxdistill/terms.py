@@ -75,7 +75,6 @@ class TermOutput:
 class TermSpec:
     fn: Callable[..., Any]
     needs_teacher: bool = True
-    needs_labels: bool = False
     make_aux: Callable[..., tuple[Any, Any]] | None = None
     own_optimizer: bool = False  # aux params get `optax.adam(learning_rate, b1=0.5)`
     logit_term: bool = False  # a per-position function of logits and labels only
@@ -352,7 +351,7 @@ def adversarial(v: Views, temperature: float = 1.0, hidden: tuple[int, ...] = (1
 
 
 TERMS: dict[str, TermSpec] = {
-    "ce": TermSpec(ce, needs_teacher=False, needs_labels=True, logit_term=True),
+    "ce": TermSpec(ce, needs_teacher=False, logit_term=True),
     "kd": TermSpec(kd, logit_term=True),
     "fkl": TermSpec(fkl, logit_term=True),
     "rkl": TermSpec(rkl, logit_term=True),
@@ -360,7 +359,7 @@ TERMS: dict[str, TermSpec] = {
     "tvd": TermSpec(tvd, logit_term=True),
     "skl": TermSpec(skl, logit_term=True),
     "srkl": TermSpec(srkl, logit_term=True),
-    "dkd": TermSpec(dkd, needs_labels=True, logit_term=True),
+    "dkd": TermSpec(dkd, logit_term=True),
     "uld": TermSpec(uld),
     "xtok_kl": TermSpec(xtok_kl),
     "hint": TermSpec(hint, make_aux=make_hint),

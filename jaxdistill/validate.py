@@ -359,9 +359,6 @@ def _objective(config, task_cls) -> None:
         if spec.needs_teacher and not config.teacher.model:
             raise ValueError(f"{where}: loss '{loss}' needs a teacher; set config.teacher.model "
                              "and config.teacher.checkpoint, or remove the term")
-        if spec.needs_labels and not config.data.labeled:
-            raise ValueError(f"{where}: loss '{loss}' needs labels, but config.data.labeled is "
-                             "False; remove the term or train on a labelled split")
         teacher = raw.get("teacher", PRIMARY)
         if spec.needs_teacher and teacher not in teachers:
             configured = [t for t in teachers if t != MEAN]
@@ -473,18 +470,12 @@ def check_config(config) -> None:
                              f"the {config.data.vocab_size} tokens of config.data.vocab_size; "
                              "teacher and student share the dataset's tokenizer: set it to 0 "
                              "(a teacher with its own: task 'cross_tokenizer')")
-    trains_teacher = bool(config.teacher.model and not config.teacher.checkpoint
-                          and not config.teacher.store and not config.teacher.hf_checkpoint)
     _at_least(config, "teacher.train.num_steps", 1)
     rate = config.teacher.train.learning_rate
     if not rate > 0:
         raise ValueError(f"config.teacher.train.learning_rate must be a finite number > 0, got "
                          f"{rate!r}")
     _choice(config, "teacher.train.augment", KINDS, colon=False)
-    if trains_teacher and not config.data.labeled:
-        raise ValueError("config.teacher.checkpoint is empty, so the teacher is trained here, on "
-                         "labels, but config.data.labeled is False; point "
-                         "config.teacher.checkpoint at a trained teacher")
     pruning.check_config(config)
     quantization.check_config(config)
     _extra_teachers(config, task_cls)

@@ -211,9 +211,9 @@ CONFIGS = [
       "learning_rate, num_steps")),
     ("digits", {"teacher.kwargs.widths": ()},
      "config.teacher.model: mlp: "),
-    ("digits", {"data.labeled": False, "objective": {"kd": {"weight": 1.0}}},
-     ("config.teacher.checkpoint is empty, so the teacher is trained here, on labels, but "
-      "config.data.labeled is False")),
+    ("minilm", {"teacher.hf_checkpoint": ""},
+     ("config.teacher.hf_checkpoint: task 'sentence_embedding' has no labels to train its "
+      "teacher on")),
     ("digits", {"extra_teachers.second": {"model": "mlp"}},
      "config.extra_teachers.second.checkpoint is missing"),
     ("digits", {"extra_teachers.mean": {"model": "mlp", "checkpoint": "x"}},
@@ -362,6 +362,8 @@ def _with(config, fields: dict):
 def _base(name, paths):
     if name == "lm":
         return set_fields(load_config("lm_kd", "runlocal"), **LM)
+    if name == "minilm":
+        return load_config("minilm_kd", "runlocal")
     config = load_config("digits_kd", "tiny")
     if name == "kd":
         set_fields(config, **{"teacher.checkpoint": paths["teacher"], "baseline": False})

@@ -81,6 +81,10 @@ class SentenceEmbedding:
         if not config.teacher.model:
             raise ValueError("config.teacher.model: task 'sentence_embedding' distils a "
                              "teacher's embeddings (there are no labels); set a teacher")
+        if not (config.teacher.checkpoint or config.teacher.hf_checkpoint or config.teacher.store):
+            raise ValueError("config.teacher.hf_checkpoint: task 'sentence_embedding' has no labels "
+                             "to train its teacher on; load a trained one (teacher.hf_checkpoint "
+                             "or teacher.checkpoint)")
 
     def prepare_data(self, data_cfg) -> DatasetInfo:
         return prepare(data_cfg)
