@@ -16,7 +16,7 @@ size and throughput.
 
   python -m jaxdistill.main --config=configs/lm_xtok.py --workdir=/tmp/lm_xtok
   python -m jaxdistill.main --config=configs/lm_xtok.py:runlocal --workdir=/tmp/lm_xtok_local
-  python -m benchmarks.xtok --config=configs/lm_xtok.py --seeds=3 --out=/tmp/xtok_bench
+  python -m benchmarks.lm_perplexity --config=configs/lm_xtok.py --seeds=3 --out=/tmp/xtok_ppl
 """
 
 from jaxdistill.defaults import base_config
