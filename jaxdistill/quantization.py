@@ -19,6 +19,11 @@ the calibration range). The train state keeps the float latent weights, so quant
 checkpoint and resume like float ones. ``integer_model`` turns a trained student into its real
 integer form (``qwix.PtqProvider``: int8 / int4 arrays + float scales), whose forward pass is
 the QAT forward pass exactly.
+
+Rounding ties: an activation exactly halfway between two int8 steps rounds by float error, so
+two compiled programs (jit vs eager, XLA vs TFLite) may differ by one step there. The input row
+of an image hits ties on every pixel when its grid is offset by half a step (e.g. mean * 255 =
+76.5 with pixels 0 and 255 present); an export whose artifact then differs is refused.
 """
 
 from __future__ import annotations
