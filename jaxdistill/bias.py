@@ -86,6 +86,14 @@ def report(summary: Mapping, top: int = 3) -> dict:
     return out
 
 
+def attach(summary: dict) -> dict:
+    """`summary` with its `bias` report, where it holds a teacher's and a student's
+    per-class accuracy (classification with a teacher)."""
+    if "teacher_per_class_accuracy" in summary and "student_per_class_accuracy" in summary:
+        summary["bias"] = report(summary)
+    return summary
+
+
 def scalars(metrics: Mapping) -> dict[str, float]:
     """The scalar entries of an eval result (what progress lines and TensorBoard show)."""
     return {k: v for k, v in metrics.items() if np.ndim(v) == 0}

@@ -106,8 +106,7 @@ def run(config, workdir: str) -> dict:
     if "scratch" in summaries and "agreement" in summary:  # the baseline of the agreement
         scratch = evaluate_other_student(prepare_run(config), os.path.join(workdir, "scratch"))
         summary.update({f"scratch_{k}": scratch[k] for k in PAIR_METRICS if k in scratch})
-    if "teacher_per_class_accuracy" in summary and "student_per_class_accuracy" in summary:
-        summary["bias"] = bias.report(summary)
+    bias.attach(summary)
     if config.task == "causal_lm" and config.lm.sample_tokens and jax.process_count() == 1:
         # one process: the sampler restores each model onto its first device
         runs = {"teacher": config.teacher.checkpoint, **{n: wd for n, _, wd in stages}}

@@ -394,7 +394,8 @@ def merge_summaries(summaries: dict[str, dict]) -> dict:
     (`experiment.merge_summaries`)."""
     from jaxdistill.experiment import merge_summaries as merge_run
     summary = dict(summaries["student"])
-    summary["members"] = [merge_run({**summaries, "student": m}) for m in summary["members"]]
+    summary["members"] = [bias.attach(merge_run({**summaries, "student": m}))
+                          for m in summary["members"]]
     return summary
 
 

@@ -88,6 +88,10 @@ def test_one_checkpoint_holds_the_population(runs):
     first, workdir, summary, _ = runs
     assert first["population_size"] == N and len(first["members"]) == N
     assert all(m["steps"] == 2 and "teacher_examples_per_second" in m for m in first["members"])
+    for m in first["members"]:  # every member has its bias report
+        assert [r["student"] for r in m["bias"]["per_class"]] == m["student_per_class_accuracy"]
+        assert [r["teacher"] for r in m["bias"]["per_class"]] == m["teacher_per_class_accuracy"]
+        assert m["bias"]["teacher_error_repeat_share"]["student"] == m["error_repeat"]
     steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
     assert steps == [2, 4]
     assert summary["members"][0]["steps"] == 4
