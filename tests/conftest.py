@@ -13,6 +13,13 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
     ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAXDISTILL_DATA_DIR", tempfile.mkdtemp(prefix="jaxdistill_data_"))
+# One persistent compilation cache for the session: xdist workers and the runs that tests
+# start as subprocesses (faults, multi-host, benchmarks) inherit it, so a program that many
+# tests compile (the same tiny train step) is compiled once. JAX keys entries by program,
+# backend and flags, so a hit is the same executable.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxdistill_jit_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -47,7 +47,7 @@ def swept(tmp_path_factory):
 
 
 def test_halving_keeps_the_best_third_and_the_table_holds_every_trial(swept):
-    _, space, workdir, records, paths = swept
+    _, _, workdir, records, paths = swept
     assert [r["shape"] for r in records] == [{"student.kwargs.widths": (16,)}] * 3 + [
         {"student.kwargs.widths": (32,)}] * 3
     for g in (0, 1):
@@ -70,7 +70,8 @@ def test_halving_keeps_the_best_third_and_the_table_holds_every_trial(swept):
     assert saved["best"]["value"] == max(r["value"] for r in records if r["state"] == "complete")
     assert set(saved["latency_ms"]) == {"0", "1"} and all(v > 0 for v in
                                                           saved["latency_ms"].values())
-    assert open(paths["trials"]).read().count("\n") == 2 + 6
+    with open(paths["trials"]) as f:
+        assert f.read().count("\n") == 2 + 6
     assert os.path.getsize(paths["sweep"]) > 10_000
 
 
@@ -113,8 +114,8 @@ def test_a_killed_sweep_resumes_without_retraining_finished_rungs(swept, tmp_pat
     ({"sampler": "grid"}, "--space: sampler 'grid' is not one of ['random', 'tpe']"),
     ({"rungs": (4, 2)}, "--space: rungs (4, 2) must be increasing"),
     ({"fields": {"student.kwargs.widths": {"low": 1, "high": 2}}},
-     "--space: 'student.kwargs.widths' is not a per-member field, so it is searched as "
-     "student shapes: give it 'choices'"),
+     ("--space: 'student.kwargs.widths' is not a per-member field, so it is searched as "
+      "student shapes: give it 'choices'")),
     ({"fields": {"objective.kd.weight": {"low": 0.9, "high": 0.1}}},
      "--space: field 'objective.kd.weight' has low 0.9 >= high 0.1"),
     ({"fields": {"student.nonsense": {"choices": [1]}}},
