@@ -19,7 +19,7 @@ initialisation, untrained: the baseline that says what the training adds), `rand
   JAX CPU backend, the median of `--repeats` timed calls after a warm-up call.
 
 Output: `<out>/minilm.json` (flags, environment, rows, run summaries) and `<out>/minilm.md`
-(the Markdown table, also printed).
+(the Markdown table, also printed). `--norandom_kd` leaves the random-init arm out.
 
 Usage (from the repository root):
   python -m benchmarks.minilm --out=/tmp/minilm_bench
@@ -52,6 +52,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/minilm_kd.py", "Dis
 _OUT = flags.DEFINE_string("out", "/tmp/minilm_bench", "Directory for the runs and the report.")
 _ENCODE_BATCH = flags.DEFINE_integer("encode_batch", 64, "Sentences per timed encode call.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed encode calls per model.")
+_RANDOM_KD = flags.DEFINE_bool("random_kd", True, "Also train and report the random-init student.")
 
 
 def held_out(config) -> dict[str, np.ndarray]:
@@ -154,7 +155,10 @@ def main(argv):
     with random_config.unlocked():
         random_config.student.hf_checkpoint, random_config.student.hf_layers = "", ()
     distilled, d_summary = run_student(config, os.path.join(_OUT.value, "distilled"))
-    random_kd, r_summary = run_student(random_config, os.path.join(_OUT.value, "random_kd"))
+    summaries = {"distilled": d_summary}
+    if _RANDOM_KD.value:
+        random_kd, summaries["random_kd"] = run_student(random_config,
+                                                        os.path.join(_OUT.value, "random_kd"))
     path, length = config.teacher.hf_checkpoint, config.data.seq_len
     teacher, _ = hf.from_pretrained(path, max_seq_len=length)
     init, _ = hf_bert.load(files.read_config(path), files.read_tensors(path),
@@ -165,7 +169,7 @@ def main(argv):
     layers = ", ".join(map(str, config.student.hf_layers))
     models = [("teacher", teacher, "pretrained", "-"),
               ("init", init, f"teacher layers {layers}", "no"),
-              ("random_kd", random_kd, "random", "KD"),
+              *([("random_kd", random_kd, "random", "KD")] if _RANDOM_KD.value else []),
               ("distilled", distilled, f"teacher layers {layers}", "KD")]
     table = []
     for name, model, how, trained in models:
@@ -177,7 +181,7 @@ def main(argv):
                       "sentences_per_second": encode_speed(model, rows, _ENCODE_BATCH.value,
                                                            _REPEATS.value)})
     report = {"config": json.loads(config.to_json_best_effort()), "rows": table,
-              "summaries": {"distilled": d_summary, "random_kd": r_summary},
+              "summaries": summaries,
               "flags": {"encode_batch": _ENCODE_BATCH.value, "repeats": _REPEATS.value},
               "environment": {"python": platform.python_version(), "jax": jax.__version__,
                               "backend": jax.default_backend(), "devices": jax.device_count(),
