@@ -29,7 +29,12 @@ the training split's labels: `negatives='auto'`).
       --config.data.data_dir=$TFDS_DIR --config.teacher.checkpoint=$WORK/c100_teacher
 """
 
-from jaxdistill.recipes import CIFAR_TRAIN_EXAMPLES, cifar100_recipe, method_objective, set_objective
+from jaxdistill.recipes import (
+    CIFAR_TRAIN_EXAMPLES,
+    cifar100_recipe,
+    method_objective,
+    set_objective,
+)
 
 
 def get_config(arg=None):

@@ -11,6 +11,7 @@ from jaxdistill.losses.contrastive import (
     sample_negatives,
     sample_other_class_negatives,
 )
+from jaxdistill.losses.cross_tokenizer import merged_kl, merged_log_probs, uld_loss
 from jaxdistill.losses.embedding import (
     cosine_distance,
     masked_attention_kl,
@@ -18,7 +19,6 @@ from jaxdistill.losses.embedding import (
     masked_token_mean,
     normalized_mse,
 )
-from jaxdistill.losses.cross_tokenizer import merged_kl, merged_log_probs, uld_loss
 from jaxdistill.losses.features import (
     adaptive_avg_pool,
     attention_distribution_loss,
