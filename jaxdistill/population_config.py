@@ -38,7 +38,8 @@ def _term_field(config, term: str, field: str):
     return raw.get(field, params[field].default)
 
 
-def _check_key(config, key: str) -> None:
+def check_member_field(config, key: str) -> None:
+    """Raises a ValueError unless `key` is a field that population members may set."""
     parts = key.split(".") if isinstance(key, str) else []
     if parts == ["seed"] or (len(parts) == 2 and parts[0] == "optimizer"
                              and parts[1] in OPTIMIZER_FIELDS):
@@ -115,7 +116,7 @@ def check_population(config) -> None:
                              f"{member!r}; e.g. {{'objective.kd.temperature': 2.0}}")
         for key in member:
             try:
-                _check_key(config, key)
+                check_member_field(config, key)
             except ValueError as e:
                 raise ValueError(f"{FIELD}.members[{i}]: {e}") from None
     for i, member_cfg in enumerate(member_configs(config)):

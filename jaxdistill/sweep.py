@@ -77,7 +77,7 @@ class Space:
     fingerprint: str
 
 
-def _distribution(field: str, spec: dict, config):
+def _distribution(field: str, spec: dict):
     """The optuna distribution of one sampled field's spec."""
     if "choices" in spec:
         return optuna.distributions.CategoricalDistribution(list(spec["choices"]))
@@ -113,7 +113,7 @@ def parse_space(raw: dict, config) -> Space:
     sampled, shapes = {}, {}
     for field, spec in dict(raw.get("fields", {})).items():
         try:
-            population_config._check_key(config, field)
+            population_config.check_member_field(config, field)
         except ValueError:
             _field_value(config, field)  # a shape field: it must exist
             if "choices" not in spec or not spec["choices"]:
@@ -121,7 +121,7 @@ def parse_space(raw: dict, config) -> Space:
                                  "searched as student shapes: give it 'choices'") from None
             shapes[field] = list(spec["choices"])
             continue
-        sampled[field] = _distribution(field, spec, config)
+        sampled[field] = _distribution(field, spec)
     if not sampled:
         raise ValueError("--space: 'fields' samples nothing; give at least one per-member "
                          "field (e.g. objective.kd.temperature)")
