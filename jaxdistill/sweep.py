@@ -275,8 +275,9 @@ def run_sweep(config, space: Space, workdir: str, log=print) -> list[dict]:
             for r, budget in enumerate(space.rungs):
                 rung_dir = os.path.join(workdir, f"group{g}", f"bracket{b}", f"rung{r}")
                 members = [trials[n].params for n in alive]
-                log(f"== sweep group {g} {group or ''} bracket {b} rung {r}: {len(alive)} "
-                    f"trials x {budget} steps as one population; into {rung_dir}")
+                shape = f" {group}" if group else ""
+                log(f"== sweep group {g}{shape}, bracket {b}, rung {r}: {len(alive)} "
+                    f"trial(s) x {budget} steps as one population; into {rung_dir}")
                 summaries = _run_rung(rung_config(gconfig, budget, members), rung_dir, members)
                 values = {n: float(s[metric]) for n, s in zip(alive, summaries)}
                 for i, (n, s) in enumerate(zip(alive, summaries)):
@@ -327,11 +328,15 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from jaxdistill import sweep_report
+    from jaxdistill.logs import RUN_LOG
+    RUN_LOG.quiet(verbose=FLAGS["verbosity"].present)  # as jaxdistill.main: the file keeps all
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = FLAGS.config
     validate.check_config(config)
     space = parse_space(load_space_file(FLAGS.space), config)
     for group in space.groups:
         validate.check_config(group_config(config, group))
+    RUN_LOG.to_file(FLAGS.workdir)
     records = run_sweep(config, space, FLAGS.workdir)
     paths = sweep_report.write(records, prepare_teacher(config, FLAGS.workdir), space,
                                FLAGS.workdir, config_flags.get_config_filename(FLAGS["config"]),
