@@ -45,6 +45,7 @@ from absl import app, flags, logging
 from jaxdistill import checkpoint
 from jaxdistill import export as ex
 from jaxdistill.generate import read_config
+from jaxdistill.sweep_report import pareto_front
 
 if __package__:
     from benchmarks import accuracy as acc
@@ -219,11 +220,9 @@ def measure(name: str, workdir: str, role_kind: str, fmt: str, out: str, images,
 def pareto(records: list[dict]) -> list[dict]:
     """The artifacts no other artifact beats on both bytes (fewer) and accuracy (higher),
     by bytes."""
-    front = [r for r in records
-             if not any(o["bytes"] <= r["bytes"] and o["accuracy"] >= r["accuracy"]
-                        and (o["bytes"], o["accuracy"]) != (r["bytes"], r["accuracy"])
-                        for o in records)]
-    return sorted(front, key=lambda r: r["bytes"])
+    front = set(pareto_front([(r["bytes"], r["accuracy"]) for r in records], "max"))
+    return sorted((r for r in records if (r["bytes"], r["accuracy"]) in front),
+                  key=lambda r: r["bytes"])
 
 
 def plot(records: list[dict], path: str, title: str) -> None:
