@@ -831,8 +831,8 @@ SAMPLE_ROOM = L - len(b"def ")  # lm.sample_tokens that fit after lm.sample_prom
 # (task, config overrides, objective (None: the config's), the message: it names the field)
 BAD_INPUTS = [
     ("lm", {"task": "translation"}, None,
-     "config.task: unknown task 'translation'; choose one of ['causal_lm', 'classification', "
-     "'cross_tokenizer'"),
+     ("config.task: unknown task 'translation'; choose one of ['causal_lm', 'classification', "
+      "'cross_tokenizer'")),
     ("lm", {}, {"ce": {}, "sp": {"student_feature": "block1", "teacher_feature": "block1"}},
      "config.objective.sp: loss 'sp' does not support task 'causal_lm'"),
     ("lm", {}, {"ce": {}, "dkd": {}}, "config.objective.dkd: loss 'dkd' does not support task"),

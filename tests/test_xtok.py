@@ -145,7 +145,8 @@ def demo(tmp_path_factory):
 
 def test_demo_trains_a_byte_teacher_and_both_bpe_students(demo):
     workdir, config, summary = demo
-    teacher_cfg = json.load(open(os.path.join(workdir, "teacher", "config.json")))
+    with open(os.path.join(workdir, "teacher", "config.json")) as f:
+        teacher_cfg = json.load(f)
     assert teacher_cfg["task"] == "causal_lm" and teacher_cfg["data"]["vocab_size"] == 258
     assert teacher_cfg["data"]["seq_len"] == 48
     for key in ("student_perplexity", "scratch_perplexity", "teacher_perplexity"):
@@ -158,7 +159,8 @@ def test_demo_trains_a_byte_teacher_and_both_bpe_students(demo):
     np.testing.assert_allclose(math.log(summary["teacher_perplexity"]),
                                summary["teacher_bits_per_byte"] * math.log(2) * per_token,
                                rtol=1e-5)
-    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
     train = [r for r in records if r.get("split") == "train" or "xtok_kl" in r]
     assert train and all(np.isfinite(r["xtok_kl"]) and r["xtok_kl"] > 0 for r in train)
     assert all(np.isfinite(r["uld"]) and r["uld"] > 0 for r in train)

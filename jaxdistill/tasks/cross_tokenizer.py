@@ -83,8 +83,9 @@ class CrossTokenizer(CausalLM):
     def __init__(self, config):
         super().__init__(config)
         for field, value, why in (
-                ("lm.chunk_size", config.lm.chunk_size, "set it to 0: the teacher's logits "
-                 "are gathered at the aligned positions, whole"),
+                ("lm.chunk_size", config.lm.chunk_size, ("set it to 0: the teacher's logits "
+                                                         "are gathered at the aligned positions, "
+                                                         "whole")),
                 ("teacher.store", config.teacher.store, "run the teacher online"),
                 ("extra_teachers", len(config.extra_teachers), "distil from one teacher")):
             if value:
