@@ -19,6 +19,7 @@ import os
 from jaxdistill import hf
 from jaxdistill.defaults import base_config
 from jaxdistill.hf import files
+from jaxdistill.recipes import lm_recipe
 
 
 def get_config(arg=None):
@@ -29,14 +30,11 @@ def get_config(arg=None):
     if option not in ("", "runlocal"):
         raise ValueError(f"configs/lm_hf_kd.py: unknown option '{option}' (try 'runlocal')")
     c = base_config()
+    lm_recipe(c, runlocal=option == "runlocal")
     c.task = "causal_lm"
-    c.data.name = "pystdlib"
     c.data.tokenizer = os.path.join(path, files.TOKENIZER)
     c.data.vocab_size = int(files.read_config(path)["vocab_size"])  # the run checks the tokenizer's
     c.data.seq_len = 128
-    c.data.max_documents = 300      # the first 300 files in path order
-    c.batch_size = 16
-    c.eval_batch_size = 64
 
     c.student.model = "lm_student"
     c.teacher.hf_checkpoint = path
@@ -45,24 +43,10 @@ def get_config(arg=None):
     c.lm.chunk_size = 32
     c.lm.sample_tokens = 40
 
-    c.num_steps = 600
-    c.optimizer.name = "adamw"
-    c.optimizer.learning_rate = 3e-3
-    c.optimizer.warmup_steps = 30
-    c.optimizer.weight_decay = 0.01
-    c.optimizer.grad_clip = 1.0
-    c.log_every = 100
-    c.eval_every = 300
-    c.checkpoint_every = 300
-
     if option == "runlocal":
-        c.data.max_documents = 120
         c.data.seq_len = 64
-        c.num_steps = 150
         c.lm.chunk_size = 16
         c.lm.sample_tokens = 24
-        c.log_every = 50
-        c.eval_every = c.checkpoint_every = 75
     c.teacher.model, kwargs = hf.registry_entry(path, max_seq_len=c.data.seq_len)
     c.teacher.kwargs = kwargs
     return c

@@ -15,17 +15,17 @@ and a sample from each model.
 """
 
 from jaxdistill.defaults import base_config
+from jaxdistill.recipes import lm_recipe
 
 
 def get_config(arg=None):
+    if arg not in (None, "", "runlocal"):
+        raise ValueError(f"configs/lm_kd.py: unknown argument '{arg}' (try 'runlocal')")
     c = base_config()
+    lm_recipe(c, runlocal=arg == "runlocal")
     c.task = "causal_lm"
-    c.data.name = "pystdlib"
     c.data.vocab_size = 2048
     c.data.seq_len = 128
-    c.data.max_documents = 300      # the first 300 files in path order
-    c.batch_size = 16
-    c.eval_batch_size = 64
     c.baseline = True
 
     c.student.model = "lm_student"
@@ -38,25 +38,9 @@ def get_config(arg=None):
     c.lm.chunk_size = 32
     c.lm.sample_tokens = 40
 
-    c.num_steps = 600
-    c.optimizer.name = "adamw"
-    c.optimizer.learning_rate = 3e-3
-    c.optimizer.warmup_steps = 30
-    c.optimizer.weight_decay = 0.01
-    c.optimizer.grad_clip = 1.0
-    c.log_every = 100
-    c.eval_every = 300
-    c.checkpoint_every = 300
-
     if arg == "runlocal":
-        c.data.max_documents = 120
         c.data.seq_len = 64
         c.teacher.train.num_steps = 150
-        c.num_steps = 150
         c.lm.chunk_size = 16
         c.lm.sample_tokens = 24
-        c.log_every = 50
-        c.eval_every = c.checkpoint_every = 75
-    elif arg:
-        raise ValueError(f"configs/lm_kd.py: unknown argument '{arg}' (try 'runlocal')")
     return c

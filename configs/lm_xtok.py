@@ -20,18 +20,18 @@ size and throughput.
 """
 
 from jaxdistill.defaults import base_config
+from jaxdistill.recipes import lm_recipe
 
 
 def get_config(arg=None):
+    if arg not in (None, "", "runlocal"):
+        raise ValueError(f"configs/lm_xtok.py: unknown argument '{arg}' (try 'runlocal')")
     c = base_config()
+    lm_recipe(c, runlocal=arg == "runlocal")
     c.task = "cross_tokenizer"
-    c.data.name = "pystdlib"
     c.data.vocab_size = 8192
     c.data.seq_len = 64
     c.data.teacher_seq_len = 256   # bytes per window: the BPE's ~3.5 bytes/token, with room
-    c.data.max_documents = 300     # the first 300 files in path order
-    c.batch_size = 16
-    c.eval_batch_size = 64
     c.baseline = True
 
     c.student.model = "lm_student"
@@ -44,24 +44,8 @@ def get_config(arg=None):
     c.objective.uld = dict(weight=0.1, temperature=1.0)
     c.lm.sample_tokens = 0         # the samples' sampler reads one tokenizer's runs
 
-    c.num_steps = 600
-    c.optimizer.name = "adamw"
-    c.optimizer.learning_rate = 3e-3
-    c.optimizer.warmup_steps = 30
-    c.optimizer.weight_decay = 0.01
-    c.optimizer.grad_clip = 1.0
-    c.log_every = 100
-    c.eval_every = 300
-    c.checkpoint_every = 300
-
     if arg == "runlocal":
-        c.data.max_documents = 120
         c.data.seq_len = 32
         c.data.teacher_seq_len = 128
         c.teacher.train.num_steps = 150
-        c.num_steps = 150
-        c.log_every = 50
-        c.eval_every = c.checkpoint_every = 75
-    elif arg:
-        raise ValueError(f"configs/lm_xtok.py: unknown argument '{arg}' (try 'runlocal')")
     return c

@@ -79,3 +79,23 @@ def cifar100_recipe(batch_size: int = 64, epochs: int = 240):
     c.log_every = 200
     c.eval_every = c.checkpoint_every = CIFAR_TRAIN_EXAMPLES // batch_size * 10
     return c
+
+
+def lm_recipe(c: ml_collections.ConfigDict, *, runlocal: bool = False) -> None:
+    """Sets the LM demos' shared data and optimizer recipe on `c` in place
+    (configs/lm_kd.py, lm_xtok.py, lm_hf_kd.py): `pystdlib`'s first 300 files, batch 16
+    (eval 64), 600 AdamW steps at peak 3e-3 after 30 warm-up steps, weight decay 0.01,
+    gradient clip 1.0, logs every 100 steps, eval and checkpoints every 300; `runlocal`:
+    120 files and 150 steps, logs every 50, eval and checkpoints every 75."""
+    c.data.name = "pystdlib"
+    c.data.max_documents = 120 if runlocal else 300  # the first files in path order
+    c.batch_size = 16
+    c.eval_batch_size = 64
+    c.num_steps = 150 if runlocal else 600
+    c.optimizer.name = "adamw"
+    c.optimizer.learning_rate = 3e-3
+    c.optimizer.warmup_steps = 30
+    c.optimizer.weight_decay = 0.01
+    c.optimizer.grad_clip = 1.0
+    c.log_every = 50 if runlocal else 100
+    c.eval_every = c.checkpoint_every = 75 if runlocal else 300
