@@ -11,6 +11,13 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     ).strip()
+# The suite's programs are tiny, so LLVM's optimisation passes are most of their compile
+# time and compiling most of the suite's time: tests compile at backend optimisation level
+# 0 (a third less CPU). Results are compared with tolerances, or between runs made with the
+# same flags (subprocesses get them through `device_env`); benchmarks and real runs keep
+# XLA's default level.
+if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAXDISTILL_DATA_DIR", tempfile.mkdtemp(prefix="jaxdistill_data_"))
 # One persistent compilation cache for the session: xdist workers and the runs that tests
@@ -22,6 +29,15 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def device_env(devices: int, **extra) -> dict:
+    """os.environ for a subprocess with `devices` host CPU devices, the suite's other XLA
+    flags kept, plus `extra` variables."""
+    flags = [f for f in os.environ["XLA_FLAGS"].split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+    return {**os.environ, "XLA_FLAGS": " ".join(flags), **extra}
 
 
 def set_fields(config, **fields):

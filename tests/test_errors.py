@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from absl import flags
 from array_record.python import array_record_module
-from conftest import ROOT, load_config, set_fields
+from conftest import ROOT, device_env, load_config, set_fields
 from ml_collections import config_flags
 
 from jaxdistill import checkpoint, data, experiment, validate
@@ -523,7 +523,7 @@ def test_teacher_stage_errors_name_the_users_fields():
 
 
 def test_the_real_commands_print_one_line_and_leave_the_workdir(paths, tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = device_env(1)
     runs = []
     for i, (module, args, expected) in enumerate(CLI):
         workdir = tmp_path / str(i)

@@ -12,13 +12,13 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, load_config
+from conftest import ROOT, device_env, load_config
 
 from jaxdistill import experiment
 from jaxdistill.train import train_and_evaluate
 
 STEPS = 300
-ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+ENV = device_env(1)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import ROOT, load_config, set_fields
+from conftest import ROOT, device_env, load_config, set_fields
 from flax import nnx
 
 from jaxdistill import checkpoint, data, losses
@@ -541,7 +541,7 @@ def lm_run(tmp_path_factory, lm_init, teacher_dir):
     tmp = tmp_path_factory.mktemp("lm_run")
     state_file = str(tmp / "init.npz")
     np.savez(state_file, *jax.tree.leaves(lm_init["state"]))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = device_env(1)
     proc = subprocess.Popen(
         [sys.executable, "-c", ONE_DEVICE_SCRIPT.format(root=ROOT, state=state_file,
                                                         teacher=teacher_dir)],

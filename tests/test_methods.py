@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, load_config
+from conftest import ROOT, device_env, load_config
 
 from jaxdistill import experiment
 from jaxdistill.recipes import METHODS
@@ -49,7 +49,7 @@ def one_device(teacher, tmp_path_factory):
     """Per-step losses of every method on a single device (one subprocess for all)."""
     script = ONE_DEVICE_SCRIPT.format(root=ROOT, methods=METHODS, teacher=teacher,
                                       workdir=str(tmp_path_factory.mktemp("one_device")))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = device_env(1)
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                           text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

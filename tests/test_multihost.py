@@ -24,7 +24,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, device_env
 
 from jaxdistill import distributed
 
@@ -158,8 +158,7 @@ def _local_launcher():
 
 def _start_pair(tmp_path, make_cmd, devices):
     """Starts processes 0 and 1 of `make_cmd(process_id)`, output to log files."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
+    env = device_env(devices, JAX_PLATFORMS="cpu")
     logs = [open(tmp_path / f"process_{i}.log", "w+") for i in range(2)]  # noqa: SIM115
     procs = [subprocess.Popen(make_cmd(i), cwd=ROOT, env=env, stdout=logs[i],
                               stderr=subprocess.STDOUT) for i in range(2)]

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, load_config, set_fields
+from conftest import ROOT, device_env, load_config, set_fields
 from flax import nnx
 
 from jaxdistill import checkpoint, data, experiment, parallel
@@ -91,7 +91,7 @@ def full_store(kd_config, tmp_path_factory):
 def top3_store(kd_config, tmp_path_factory):
     """A top-3 store written through the command line, on 8 devices."""
     path = str(tmp_path_factory.mktemp("stores") / "top3")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = device_env(8)
     proc = subprocess.run(
         [sys.executable, "-m", "jaxdistill.teacher_store", "--config=configs/digits_kd.py:tiny",
          f"--config.teacher.checkpoint={kd_config.teacher.checkpoint}", f"--store={path}",

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, load_config, set_fields
+from conftest import ROOT, device_env, load_config, set_fields
 
 from jaxdistill import checkpoint, data, experiment
 from jaxdistill.run_setup import prepare_run
@@ -20,7 +20,7 @@ from jaxdistill.train import compile_steps, load_teachers, train_and_evaluate
 
 
 def _cli(*args, devices=8, check=True):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = device_env(devices)
     proc = subprocess.run([sys.executable, "-m", "jaxdistill.main", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
     if check:
