@@ -3,7 +3,6 @@ steps, on the 8 host CPU devices of conftest), and its JSON checked against hand
 FLOP counts; the LM pair the same way at a tiny vocabulary and length, both loss forms."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -21,9 +20,9 @@ FIELDS = ("pair", "mode", "batch_size", "examples_per_second", "flops_per_step",
           "peak_flops_per_second")
 
 
-def _bench(*args, env=None):
+def _bench(*args):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.throughput", *args],
-                          check=False, cwd=ROOT, env=env,
+                          check=False, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
