@@ -33,6 +33,7 @@ from jaxdistill.terms import TERMS, AuxIO, TermOutput, TermSpec, Views
 
 _COMMON = ("loss", "weight", "warmup_steps", "teacher")
 PRIMARY = "teacher"   # the name of `config.teacher` among several teachers
+COMMON_DEFAULTS = {"weight": 1.0, "warmup_steps": 0, "teacher": PRIMARY}  # a term's, unless set
 MEAN = "mean"         # a term's teacher='mean': the average of all teachers' softened probabilities
 FEATURE_FIELDS = ("student_feature", "teacher_feature")
 RESERVED_NAMES = ("loss", "grad_norm", "learning_rate")  # metrics the step reports itself
@@ -227,11 +228,27 @@ class Objective:
         return dict(zip(names, means))
 
 
+def _fn_params(spec: TermSpec) -> list[inspect.Parameter]:
+    """The hyper-parameters of a term function (its arguments but the views and aux)."""
+    return [p for p in inspect.signature(spec.fn).parameters.values()
+            if p.name not in ("v", "aux")]
+
+
 def _fn_fields(spec: TermSpec) -> tuple[set[str], set[str]]:
     """(all hyper-parameters, required ones) of a term function."""
-    params = [p for p in inspect.signature(spec.fn).parameters.values()
-              if p.name not in ("v", "aux")]
+    params = _fn_params(spec)
     return {p.name for p in params}, {p.name for p in params if p.default is p.empty}
+
+
+def term_defaults(name: str, loss: str | None = None) -> dict[str, Any]:
+    """The value each field of term `name` (loss `loss`, by default the name) takes where
+    the config leaves it out: the common fields' and the loss function's keyword
+    defaults; {} for an unknown loss."""
+    loss = loss or name
+    if loss not in TERMS:
+        return {}
+    return {"loss": loss, **COMMON_DEFAULTS,
+            **{p.name: p.default for p in _fn_params(TERMS[loss]) if p.default is not p.empty}}
 
 
 def build_objective(objective_cfg: Mapping[str, Mapping[str, Any]], *,
@@ -258,10 +275,10 @@ def build_objective(objective_cfg: Mapping[str, Mapping[str, Any]], *,
         if spec.needs_teacher and not has_teacher:
             raise ValueError(f"{where}: loss '{loss}' needs a teacher; set config.teacher.model "
                              "and config.teacher.checkpoint, or remove the term")
-        weight = float(raw.get("weight", 1.0))
+        weight = float(raw.get("weight", COMMON_DEFAULTS["weight"]))
         if weight < 0:
             raise ValueError(f"{where}.weight must be >= 0, got {weight}")
-        warmup = int(raw.get("warmup_steps", 0))
+        warmup = int(raw.get("warmup_steps", COMMON_DEFAULTS["warmup_steps"]))
         if warmup < 0:
             raise ValueError(f"{where}.warmup_steps must be >= 0, got {warmup}")
         allowed, required = _fn_fields(spec)
@@ -276,7 +293,7 @@ def build_objective(objective_cfg: Mapping[str, Mapping[str, Any]], *,
         if "temperature" in hparams and not float(hparams["temperature"]) > 0:
             raise ValueError(f"{where}.temperature must be > 0, got {hparams['temperature']}")
         hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}
-        teacher = str(raw.get("teacher", PRIMARY))
+        teacher = str(raw.get("teacher", COMMON_DEFAULTS["teacher"]))
         terms.append(Term(name, spec, weight, warmup, tuple(sorted(hparams.items())),
                           teacher_name=teacher))
     metrics = tuple(task.train_metrics(has_teacher).items()) if task is not None else ()

@@ -8,6 +8,12 @@ and checkpoint cadence, kept checkpoints, eval batch, mesh layout, `num_steps`, 
 prepared dataset lives) is allowed and recorded. A workdir without config.json (a new one,
 or one started before configs were recorded) accepts the config it is given.
 
+A field that the record lacks (one added to jaxdistill since the workdir was started) is
+unchanged if it holds its default now: its value in `defaults.base_config()`, or for a
+field of an objective term that the record has, the term's default
+(`objective.term_defaults`). Set to anything else, it is a change like any other. A term,
+teacher or model keyword that the record lacks is a change whatever its value.
+
 config.json is `config.to_json()`, except that a teacher trained into `<workdir>/teacher`
 is recorded as `teacher.checkpoint = ''`, the config's own way of saying so, so that a
 moved or copied workdir keeps its record. `ml_collections.ConfigDict(json.load(f))` reads it
@@ -20,6 +26,8 @@ import json
 import os
 
 import jax
+
+from jaxdistill import defaults, objective
 
 CONFIG = "config.json"
 # Fields (or whole sections) that may change between runs of one workdir. `num_steps` below
@@ -48,20 +56,40 @@ def config_json(config, workdir: str) -> str:
     return json.dumps(record, indent=2, sort_keys=True) + "\n"
 
 
-def changed_fields(old: dict, new: dict, prefix: str = "") -> list[tuple[str, str, str]]:
+def changed_fields(old: dict, new: dict, prefix: str = "",
+                   default: dict | None = None) -> list[tuple[str, str, str]]:
     """(dotted field, old JSON, new JSON) for every value that differs between two JSON
-    trees; a section present on one side only is one entry, its other side 'absent'."""
+    trees; a section present on one side only is one entry, its other side 'absent'.
+    A field absent from `old` counts as having its value in the `default` tree (where that
+    has the field): it is named, as 'absent = default <JSON>', only where `new` differs."""
     changes = []
+    default = default if isinstance(default, dict) else {}
     for key in sorted(set(old) | set(new)):
         field = f"{prefix}{key}"
         if key in old and key in new and isinstance(old[key], dict) and isinstance(new[key], dict):
-            changes += changed_fields(old[key], new[key], f"{field}.")
+            changes += changed_fields(old[key], new[key], f"{field}.", default.get(key))
+            continue
+        if key not in old and key in new and key in default:
+            changes += [(f, "absent" if was == "absent" else f"absent = default {was}", after)
+                        for f, was, after
+                        in changed_fields({key: default[key]}, {key: new[key]}, prefix)]
             continue
         before, after = (json.dumps(side[key], sort_keys=True) if key in side else "absent"
                          for side in (old, new))
         if before != after:
             changes.append((field, before, after))
     return changes
+
+
+def _defaults(old: dict, new: dict) -> dict:
+    """The default tree that `changed_fields` holds a recorded config's missing fields to:
+    the base config, with the objective's defaults only for the terms that `old` has."""
+    tree = json.loads(defaults.base_config().to_json())
+    terms = old.get("objective", {})
+    tree["objective"] = {name: objective.term_defaults(name, raw.get("loss"))
+                         for name, raw in new.get("objective", {}).items()
+                         if name in terms and isinstance(raw, dict)}
+    return json.loads(json.dumps(tree))
 
 
 def _is_run_setting(field: str) -> bool:
@@ -80,7 +108,8 @@ def check(config, workdir: str) -> None:
     except ValueError as e:
         raise ValueError(f"--workdir={workdir}: {CONFIG} is not valid JSON ({e}); restore it, or "
                          "delete it to accept the current config") from e
-    changes = [c for c in changed_fields(old, json.loads(config_json(config, workdir)))
+    new = json.loads(config_json(config, workdir))
+    changes = [c for c in changed_fields(old, new, default=_defaults(old, new))
                if not _is_run_setting(c[0])]
     if not changes:
         return
