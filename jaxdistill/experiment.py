@@ -217,6 +217,8 @@ def comparison_table(s: dict) -> str:
     elif "scratch_params_sha256" in s:
         lines.append(f"distillation gain over scratch: "
                      f"{100 * (s['student_accuracy'] - s['scratch_accuracy']):+.2f} points")
+    if "token_buckets" in s.get("bias", {}):  # the LM bias report's rare bucket
+        lines.append(bias.rare_tokens_line(s["bias"]))
     names = {"teacher": "teacher", "scratch": "student from scratch",
              "student": "distilled student"}
     for name, text in s.get("samples", {}).items():

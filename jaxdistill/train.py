@@ -27,7 +27,8 @@ from jaxdistill.step import (
 )
 
 SUMMARY = "summary.json"
-PAIR_METRICS = ("agreement", "kl", "error_repeat")  # eval metrics of the student-teacher pair
+PAIR_METRICS = ("agreement", "kl", "error_repeat",  # eval metrics of the student-teacher pair
+                "bucket_error_repeat")
 
 
 def compile_steps(setup: RunSetup):

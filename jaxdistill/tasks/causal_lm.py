@@ -6,7 +6,9 @@ packed document of each position, 0 = padding), `positions` (within its document
 completion of a prompt/completion pair), all [B, L], plus `index` [B] (and `mask` [B] in
 eval). Every term is reduced per token with `weights`, so padding and document boundaries
 never count; eval reports token NLL, perplexity, next-token accuracy, top-1 agreement and
-the mean per-token KL(teacher || student).
+the mean per-token KL(teacher || student), and per frequency bucket of the target token
+(`token_bias`, counted on the training split) the accuracy, NLL, ECE and repeated teacher
+errors of the bias report.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from jaxdistill import data
+from jaxdistill import data, token_bias
 from jaxdistill.losses import cross_entropy, forward_kl
 from jaxdistill.tasks.base import ModelInputs, top1_agreement, top1_correct, train_metrics
 
@@ -45,12 +47,15 @@ class CausalLM:
             raise ValueError(f"config.lm.sample_tokens ({config.lm.sample_tokens}) must be in "
                              f"[0, {max(room, 0)}]: the prompt and the sample must fit in "
                              f"config.data.seq_len ({config.data.seq_len})")
+        self.token_buckets = None  # token_bias.TokenBuckets, once prepare_data has counted
 
     def prepare_data(self, data_cfg) -> data.DatasetInfo:
         info = data.prepare_from_config(data_cfg)
         if info.kind != "tokens":
             raise ValueError(f"config.data.name: '{data_cfg.name}' is an image dataset; task "
                              "'causal_lm' needs a token dataset (pystdlib, pydoc_topics, ...)")
+        if data_cfg.train_split in info.splits:  # else validate.check_data names the field
+            self.token_buckets = token_bias.for_dataset(info, data_cfg.train_split)
         return info
 
     def model_io(self, info: data.DatasetInfo) -> tuple[int, tuple[int, ...]]:
@@ -78,7 +83,7 @@ class CausalLM:
     def eval_sums(self, student_logits, teacher_logits, batch: Mapping) -> dict:
         """Weighted sums over the batch's target tokens: the student's NLL and correct
         next tokens; with a teacher, its NLL and correct tokens, the top-1 agreement and
-        KL(teacher || student); and the token count."""
+        KL(teacher || student); the token count; and their sums per token bucket."""
         w = batch["weights"] * batch["mask"][:, None]
         y = batch["targets"]
         sums = {"count": jnp.sum(w), "nll": jnp.sum(w * cross_entropy(student_logits, y)),
@@ -89,10 +94,14 @@ class CausalLM:
                 teacher_correct=jnp.sum(w * top1_correct(teacher_logits, y)),
                 agree=jnp.sum(w * top1_agreement(student_logits, teacher_logits)),
                 kl=jnp.sum(w * forward_kl(student_logits, teacher_logits)))
+        if self.token_buckets is not None:
+            sums.update(token_bias.bucket_sums(student_logits, teacher_logits, y, w,
+                                               self.token_buckets.table))
         return sums
 
     def finalize(self, sums: Mapping[str, float]) -> dict[str, float]:
-        """Per-token means; perplexity = exp(mean NLL)."""
+        """Per-token means; perplexity = exp(mean NLL); the per-bucket lists of
+        `token_bias.bucket_metrics`."""
         count = max(float(sums["count"]), 1.0)
         result = {"nll": float(sums["nll"]) / count, "accuracy": float(sums["correct"]) / count}
         result["perplexity"] = math.exp(result["nll"])
@@ -102,6 +111,8 @@ class CausalLM:
             result["teacher_accuracy"] = float(sums["teacher_correct"]) / count
             result["agreement"] = float(sums["agree"]) / count
             result["kl"] = float(sums["kl"]) / count
+        if "bucket_count" in sums:
+            result.update(token_bias.bucket_metrics(sums, self.token_buckets))
         return result
 
     def items_per_step(self, batch_size: int, info) -> int:
