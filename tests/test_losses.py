@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.test_util import check_grads
+from refusals import refusal
 
 from jaxdistill import losses as L
 from jaxdistill import terms
@@ -894,103 +895,120 @@ ERROR_CASES = [
     (
         "kd temperature",
         lambda: L.kd_loss(np.zeros((2, 3)), np.zeros((2, 3)), temperature=0.0),
-        r"temperature must be > 0, got 0\.0",
+        "temperature must be > 0, got 0.0",
     ),
     (
         "fkl temperature",
         lambda: L.forward_kl(np.zeros((2, 3)), np.zeros((2, 3)), temperature=-1),
-        "temperature",
+        "temperature must be > 0, got -1",
     ),
     (
         "kd shapes",
         lambda: L.kd_loss(np.zeros((2, 3)), np.zeros((2, 4))),
-        r"student_logits\.shape=\(2, 3\) and teacher_logits\.shape=\(2, 4\)",
+        ("student_logits and teacher_logits must have the same shape, got "
+         "student_logits.shape=(2, 3) and teacher_logits.shape=(2, 4)"),
     ),
-    ("tvd shapes", lambda: L.tvd(np.zeros((2, 3)), np.zeros((3, 3))), r"\(2, 3\).*\(3, 3\)"),
+    ("tvd shapes", lambda: L.tvd(np.zeros((2, 3)), np.zeros((3, 3))), (
+        "student_logits and teacher_logits must have the same shape, got "
+        "student_logits.shape=(2, 3) and teacher_logits.shape=(3, 3)")),
     (
         "jsd beta 0",
         lambda: L.jsd(np.zeros((2, 3)), np.zeros((2, 3)), beta=0.0),
-        r"beta must be in \(0\.0, 1\.0\), got 0\.0",
+        "beta must be in (0.0, 1.0), got 0.0",
     ),
-    ("jsd beta 1", lambda: L.jsd(np.zeros((2, 3)), np.zeros((2, 3)), beta=1.0), "beta"),
+    ("jsd beta 1", lambda: L.jsd(np.zeros((2, 3)), np.zeros((2, 3)), beta=1.0), (
+        "beta must be in (0.0, 1.0), got 1.0")),
     (
         "ce labels shape",
         lambda: L.cross_entropy(np.zeros((2, 3)), np.zeros(3, np.int32)),
-        r"labels\.shape=\(3,\) and logits\.shape=\(2, 3\)",
+        "labels.shape must equal logits.shape[:-1], got labels.shape=(3,) and logits.shape=(2, 3)",
     ),
-    ("ce labels dtype", lambda: L.cross_entropy(np.zeros((2, 3)), np.zeros(2)), "integer"),
+    ("ce labels dtype", lambda: L.cross_entropy(np.zeros((2, 3)), np.zeros(2)), (
+        "labels must be integer class ids, got dtype float32")),
     (
         "ce smoothing",
         lambda: L.cross_entropy(np.zeros((2, 3)), np.zeros(2, np.int32), label_smoothing=1.0),
-        "label_smoothing",
+        "label_smoothing must be in [0.0, 1.0), got 1.0",
     ),
     (
         "dkd classes",
         lambda: L.dkd_loss(np.zeros((2, 1)), np.zeros((2, 1)), np.zeros(2, int)),
-        "at least 2",
+        "student_logits need at least 2 classes on the last axis, got student_logits.shape=(2, 1)",
     ),
     (
         "dkd temperature",
         lambda: L.dkd_loss(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros(2, int), temperature=0),
-        "temperature",
+        "temperature must be > 0, got 0",
     ),
     (
         "standardize 1 class",
         lambda: L.kd_loss(np.zeros((2, 1)), np.zeros((2, 1)), standardize=True),
-        "at least 2 classes",
+        "standardize needs at least 2 classes, got logits.shape=(2, 1)",
     ),
     (
         "hint shapes",
         lambda: L.hint_loss(np.zeros((2, 4, 4, 3)), np.zeros((2, 4, 4, 5))),
-        r"student_features\.shape=\(2, 4, 4, 3\) and teacher_features\.shape=\(2, 4, 4, 5\)",
+        ("student_features and teacher_features must have the same shape (with a batch axis), "
+         "got student_features.shape=(2, 4, 4, 3) and teacher_features.shape=(2, 4, 4, 5)"),
     ),
     (
         "at spatial",
         lambda: L.attention_transfer_loss(np.zeros((2, 4, 2, 3)), np.zeros((2, 2, 4, 3))),
-        (r"neither is at least as large in both axes: student_features\.shape=\(2, 4, 2, 3\) "
-         r"and teacher_features\.shape=\(2, 2, 4, 3\)"),
+        ("attention transfer pools the larger feature map to the smaller one, but neither is at "
+         "least as large in both axes: student_features.shape=(2, 4, 2, 3) and "
+         "teacher_features.shape=(2, 2, 4, 3)"),
     ),
     (
         "at batch",
         lambda: L.attention_transfer_loss(np.zeros((2, 4, 4, 3)), np.zeros((3, 2, 2, 3))),
-        r"equal batch sizes.*\(2, 4, 4, 3\).*\(3, 2, 2, 3\)",
+        ("student_features and teacher_features must be NHWC with equal batch sizes, got "
+         "student_features.shape=(2, 4, 4, 3) and teacher_features.shape=(3, 2, 2, 3)"),
     ),
     (
         "pool size",
         lambda: L.adaptive_avg_pool(np.zeros((2, 4, 4, 3)), (5, 2)),
-        r"no larger than theirs, got features\.shape=\(2, 4, 4, 3\) and size=\(5, 2\)",
+        ("adaptive_avg_pool takes NHWC features and an output size no larger than theirs, got "
+         "features.shape=(2, 4, 4, 3) and size=(5, 2)"),
     ),
     (
         "at rank",
         lambda: L.attention_transfer_loss(np.zeros((2, 4, 3)), np.zeros((2, 4, 3))),
-        "NHWC",
+        ("student_features and teacher_features must be NHWC with equal batch sizes, got "
+         "student_features.shape=(2, 4, 3) and teacher_features.shape=(2, 4, 3)"),
     ),
     (
         "sp batch",
         lambda: L.similarity_preserving_loss(np.zeros((2, 4)), np.zeros((3, 4))),
-        r"batch size.*\(2, 4\).*\(3, 4\)",
+        ("student_features and teacher_features must share the batch size (axis 0), got "
+         "student_features.shape=(2, 4) and teacher_features.shape=(3, 4)"),
     ),
-    ("rkd batch", lambda: L.rkd_loss(np.zeros((1, 4)), np.zeros((1, 4))), "at least 2"),
-    ("pkt batch", lambda: L.pkt_loss(np.zeros((2, 4)), np.zeros((3, 4))), "batch size"),
+    ("rkd batch", lambda: L.rkd_loss(np.zeros((1, 4)), np.zeros((1, 4))), (
+        "student_embeddings needs a batch of at least 2, got shape (1, 4)")),
+    ("pkt batch", lambda: L.pkt_loss(np.zeros((2, 4)), np.zeros((3, 4))), (
+        "student_embeddings and teacher_embeddings must share the batch size (axis 0), got "
+        "student_embeddings.shape=(2, 4) and teacher_embeddings.shape=(3, 4)")),
     (
         "disc scores",
         lambda: L.discriminator_loss(np.zeros((2, 2)), np.zeros(2)),
-        r"teacher_scores.*\[B, 1\].*\(2, 2\)",
+        "teacher_scores must have shape [B] or [B, 1], got teacher_scores.shape=(2, 2)",
     ),
-    ("disc batch", lambda: L.discriminator_loss(np.zeros(2), np.zeros(3)), r"\(2,\).*\(3,\)"),
+    ("disc batch", lambda: L.discriminator_loss(np.zeros(2), np.zeros(3)), (
+        "teacher_scores and student_scores must have the same batch size, got "
+        "teacher_scores.shape=(2,) and student_scores.shape=(3,)")),
     (
         "crd width",
         lambda: L.crd_scores(
             np.zeros((2, 4)), np.zeros((9, 5)), np.zeros(2, int), np.zeros((2, 3), int)
         ),
-        r"\(2, 4\).*\(9, 5\)",
+        ("anchor [B, D] and bank [N, D] must be 2-D with the same width, got anchor.shape=(2, "
+         "4) and bank.shape=(9, 5)"),
     ),
     (
         "crd pos",
         lambda: L.crd_scores(
             np.zeros((2, 4)), np.zeros((9, 4)), np.zeros(3, int), np.zeros((2, 3), int)
         ),
-        r"pos_indices.*\(2,\)",
+        "pos_indices must have shape (2,), got pos_indices.shape=(3,)",
     ),
     (
         "crd temperature",
@@ -1001,50 +1019,58 @@ ERROR_CASES = [
             np.zeros((2, 3), int),
             temperature=0.0,
         ),
-        "temperature",
+        "temperature must be > 0, got 0.0",
     ),
-    ("nce scores", lambda: L.crd_nce_loss(np.ones((2, 1)), 1.0, 10), r"K >= 1.*\(2, 1\)"),
-    ("nce num_data", lambda: L.crd_nce_loss(np.ones((2, 3)), 1.0, 0), "num_data"),
+    ("nce scores", lambda: L.crd_nce_loss(np.ones((2, 1)), 1.0, 10), (
+        "scores must be [B, K+1] with K >= 1, got scores.shape=(2, 1)")),
+    ("nce num_data", lambda: L.crd_nce_loss(np.ones((2, 3)), 1.0, 0), (
+        "num_data must be a positive Python int, got 0")),
     (
         "bank momentum",
         lambda: L.crd_update_bank(
             np.zeros((9, 4)), np.zeros(2, int), np.zeros((2, 4)), momentum=1.5
         ),
-        "momentum",
+        "momentum must be in [0.0, 1.0], got 1.5",
     ),
     (
         "bank width",
         lambda: L.crd_update_bank(np.zeros((9, 4)), np.zeros(2, int), np.zeros((2, 3))),
-        r"\(9, 4\).*\(2, 3\)",
+        ("bank [N, D] and embeddings [B, D] must be 2-D with the same width, got bank.shape=(9, "
+         "4) and embeddings.shape=(2, 3)"),
     ),
-    ("negatives", lambda: L.sample_negatives(jax.random.key(0), 2, 0, 10, None), "num_negatives"),
+    ("negatives", lambda: L.sample_negatives(jax.random.key(0), 2, 0, 10, None), (
+        "num_negatives must be a positive Python int, got 0")),
     (
         "other-class pool",
         lambda: L.sample_other_class_negatives(
             jax.random.key(0), np.zeros(2, np.int32), np.array([0, 0, 1, 1, 2], np.int32), 4
         ),
-        r"num_negatives=4 exceeds the 3 examples of other classes",
+        ("num_negatives=4 exceeds the 3 examples of other classes than the largest class of the "
+         "split"),
     ),
     (
         "other-class labels",
         lambda: L.sample_other_class_negatives(
             jax.random.key(0), np.zeros(2), np.zeros(5, np.int32), 2
         ),
-        "labels must be integer",
+        "labels must be integer indices, got dtype float32",
     ),
-    ("bank dim", lambda: L.crd_init_bank(jax.random.key(0), 10, 0), "dim must be a positive"),
+    ("bank dim", lambda: L.crd_init_bank(jax.random.key(0), 10, 0), (
+        "dim must be a positive Python int, got 0")),
 ]
 
 
-@pytest.mark.parametrize("name,fn,match", ERROR_CASES, ids=[c[0] for c in ERROR_CASES])
-def test_invalid_arguments_raise(name, fn, match):
-    with pytest.raises(ValueError, match=match):
+@pytest.mark.parametrize("name,fn,message", ERROR_CASES, ids=[c[0] for c in ERROR_CASES])
+def test_invalid_arguments_raise(name, fn, message):
+    with pytest.raises(ValueError) as e:
         fn()
+    assert str(e.value) == message
 
 
 def test_validation_runs_at_trace_time_under_jit():
-    with pytest.raises(ValueError, match="temperature"):
-        jax.jit(functools.partial(L.kd_loss, temperature=0.0))(np.zeros((2, 3)), np.zeros((2, 3)))
+    kd = jax.jit(functools.partial(L.kd_loss, temperature=0.0))
+    assert refusal(lambda: kd(np.zeros((2, 3)), np.zeros((2, 3)))) == ("temperature must be > "
+                                                                       "0, got 0.0")
     # A traced temperature (e.g. a schedule) cannot be checked and is accepted.
     out = jax.jit(L.kd_loss)(np.zeros((2, 3)), np.ones((2, 3)), 2.0)
     np.testing.assert_allclose(out, 0.0, atol=1e-6)
