@@ -131,32 +131,6 @@ def kind(config, teacher: bool) -> str:
 
 # ----------------------------------------------------------------------------- runtimes
 
-def stablehlo_runner(artifact: bytes):
-    """(runtime name, images -> logits) of a serialized `jax.export` artifact, on the CPU."""
-    call = jax.jit(jax.export.deserialize(bytearray(artifact)).call)
-    cpu = jax.devices("cpu")[0]
-    return "jax.export.deserialize", lambda x: np.asarray(call(jax.device_put(x, cpu)))
-
-
-def tflite_runner(artifact: bytes, runtime: str = "auto"):
-    """(runtime name, images -> logits) of a TFLite artifact, resizing its input when a
-    batch's shape changes."""
-    name, interpreter_class = ex.tflite_runtime(runtime)
-    interpreter = interpreter_class(model_content=artifact)
-    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-    shape = [None]
-
-    def run(x):
-        if shape[0] != x.shape:
-            interpreter.resize_tensor_input(inp["index"], x.shape, strict=True)
-            interpreter.allocate_tensors()
-            shape[0] = x.shape
-        interpreter.set_tensor(inp["index"], x)
-        interpreter.invoke()
-        return np.array(interpreter.get_tensor(out["index"]))
-    return name, run
-
-
 def latency_ms(run, images: np.ndarray, runs: int) -> tuple[float, float]:
     """(p50, p90) milliseconds of one-image calls, cycling over `images`, after 5 warm-up
     calls."""
@@ -194,8 +168,8 @@ def measure(name: str, workdir: str, role_kind: str, fmt: str, out: str, images,
     result = ex.export(workdir, fmt, path, batch="dynamic", verify_batches=1, runtime=runtime)
     with open(path, "rb") as f:
         artifact = f.read()
-    rt, run = stablehlo_runner(artifact) if fmt == "stablehlo" else tflite_runner(artifact,
-                                                                                   runtime)
+    rt, run = (ex.stablehlo_runner(artifact) if fmt == "stablehlo"
+               else ex.tflite_runner(artifact, runtime))
     student = ex.load_student(workdir)
     size = int(student.config.eval_batch_size)
     logits = np.concatenate([run(images[i:i + size]) for i in range(0, len(images), size)])

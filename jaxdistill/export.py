@@ -83,7 +83,8 @@ _BUILTIN_EXCLUDED = ("CUSTOM", "DELEGATE")  # + every 'Flex*' (TF kernels): not 
 
 __all__ = ["BATCHES", "FORMATS", "TOLERANCE", "ExportResult", "Student", "Verification",
            "check_integer_kernels", "export", "load_student", "run_stablehlo", "run_tflite",
-           "tflite_integer_tensors", "tflite_ops", "to_stablehlo", "to_tflite", "verify"]
+           "stablehlo_runner", "tflite_integer_tensors", "tflite_ops", "tflite_runner",
+           "to_stablehlo", "to_tflite", "verify"]
 
 
 # ---------------------------------------------------------------------------- the student
@@ -271,12 +272,17 @@ def to_stablehlo(student: Student, batch: str = "1") -> bytes:
     return bytes(exported.serialize())
 
 
+def stablehlo_runner(artifact: bytes):
+    """(runtime name, images -> logits) of a serialized `jax.export` artifact, on the CPU."""
+    call = jax.jit(jax.export.deserialize(bytearray(artifact)).call)
+    cpu = jax.devices("cpu")[0]
+    return "jax.export.deserialize", lambda x: np.asarray(call(jax.device_put(x, cpu)))
+
+
 def run_stablehlo(artifact: bytes, batches: list[np.ndarray]) -> list[np.ndarray]:
     """Runs a serialized StableHLO artifact (`jax.export.deserialize`) on each batch."""
-    exported = jax.export.deserialize(bytearray(artifact))
-    call = jax.jit(exported.call)
-    with jax.default_device(jax.devices("cpu")[0]):
-        return [np.asarray(call(b)) for b in batches]
+    run = stablehlo_runner(artifact)[1]
+    return [run(b) for b in batches]
 
 
 def _tensorflow():
@@ -383,10 +389,9 @@ def check_integer_kernels(student: Student, fmt: str, artifact: bytes,
                          "1,024 elements); not written")
 
 
-def run_tflite(artifact: bytes, batches: list[np.ndarray], runtime: str = "auto",
-               delegates: bool = True) -> tuple[str, list[np.ndarray]]:
-    """(runtime name, outputs): runs a TFLite artifact on each batch, resizing its input
-    where the batch's size differs; `delegates=False`: TFLite's builtin kernels alone."""
+def tflite_runner(artifact: bytes, runtime: str = "auto", delegates: bool = True):
+    """(runtime name, images -> logits) of a TFLite artifact, resizing its input where a
+    batch's shape differs; `delegates=False`: TFLite's builtin kernels alone."""
     name, interpreter = _interpreter(artifact, runtime, delegates)
     name = name if delegates else f"{name} (builtin kernels)"
     ins, outs = interpreter.get_input_details(), interpreter.get_output_details()
@@ -395,16 +400,24 @@ def run_tflite(artifact: bytes, batches: list[np.ndarray], runtime: str = "auto"
                          "not 1 and 1")
     (inp,), (out,) = ins, outs
     interpreter.allocate_tensors()
-    shape, results = tuple(inp["shape"]), []
-    for b in batches:
-        if tuple(b.shape) != shape:
-            interpreter.resize_tensor_input(inp["index"], b.shape, strict=True)
+    shape = [tuple(inp["shape"])]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if tuple(x.shape) != shape[0]:
+            interpreter.resize_tensor_input(inp["index"], x.shape, strict=True)
             interpreter.allocate_tensors()
-            shape = tuple(b.shape)
-        interpreter.set_tensor(inp["index"], b)
+            shape[0] = tuple(x.shape)
+        interpreter.set_tensor(inp["index"], x)
         interpreter.invoke()
-        results.append(np.array(interpreter.get_tensor(out["index"])))
-    return name, results
+        return np.array(interpreter.get_tensor(out["index"]))
+    return name, run
+
+
+def run_tflite(artifact: bytes, batches: list[np.ndarray], runtime: str = "auto",
+               delegates: bool = True) -> tuple[str, list[np.ndarray]]:
+    """(runtime name, outputs): `tflite_runner` on each batch."""
+    name, run = tflite_runner(artifact, runtime, delegates)
+    return name, [run(b) for b in batches]
 
 
 # ---------------------------------------------------------------------------- verification

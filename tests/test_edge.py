@@ -1,10 +1,12 @@
 """benchmarks/edge.py on a tiny workdir (a digits MLP teacher in <dir>/teacher, a pruned MLP
-student (2:4) distilled from it in <dir>): every StableHLO artifact measured in its runtime (TFLite
-is left to the benchmark: TensorFlow's import and conversion cost ~15 s here), the accuracy
-there equal to the trainer's own eval, the JSON / Markdown / PNG written with their fields;
-the Pareto front against a hand-made case; a workdir without a distillation run refused."""
+student (2:4) distilled from it in <dir>): every StableHLO and TFLite artifact measured in its
+runtime (TFLite: tf.lite.Interpreter), the accuracy there equal to the trainer's own eval, the
+TFLite figures equal to a direct tf.lite.Interpreter run of the written artifacts, the JSON /
+Markdown / PNG written with their fields; the Pareto front against a hand-made case; a workdir
+without a distillation run refused."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -38,15 +40,17 @@ def report(tmp_path_factory):
     c.student.pruning.update(method="nm", n=2, m=4)  # 2:4 from step 0
     summary = jd.train_and_evaluate(c, str(root))
     out = root / "report"
-    result = edge.report(str(root), str(out), formats=("stablehlo",), latency_runs=5, batch=16)
+    result = edge.report(str(root), str(out), formats=("stablehlo", "tflite"), latency_runs=5,
+                         batch=16, runtime="tf")
     return root, out, result, summary
 
 
 def test_report_measures_every_artifact(report):
     _, out, result, summary = report
     records = {(r["name"], r["format"]): r for r in result["records"]}
-    assert sorted(records) == [("student", "stablehlo"), ("teacher", "stablehlo")]
-    for fmt in ("stablehlo",):
+    assert sorted(records) == [("student", "stablehlo"), ("student", "tflite"),
+                               ("teacher", "stablehlo"), ("teacher", "tflite")]
+    for fmt in ("stablehlo", "tflite"):
         t, s = records[("teacher", fmt)], records[("student", fmt)]
         assert t["kind"] == "teacher" and s["kind"] == "pruned 2:4"
         assert t["params"] == 64 * 16 + 16 + 16 * 10 + 10 and s["params"] == 64 * 8 + 8 + 90
@@ -59,12 +63,46 @@ def test_report_measures_every_artifact(report):
         assert s["max_abs_diff"] < 1e-4 and s["eval_examples"] == 360
         for r in (t, s):
             assert 0 < r["latency_ms_p50"] <= r["latency_ms_p90"] and r["throughput"] > 0
-    assert {r["runtime"] for r in result["records"]} == {"jax.export.deserialize"}
+    assert {r["runtime"] for r in result["records"]} == {"jax.export.deserialize", "tf.lite"}
     stored = json.loads((out / "edge.json").read_text())
     assert all(set(edge.FIELDS) <= set(r) for r in stored["records"])
     md = (out / "edge.md").read_text()
-    assert md.count("| student |") == 1 and md.count("| teacher |") == 1
+    assert md.count("| student |") == 2 and md.count("| teacher |") == 2
     assert (out / "edge.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _interpreter_logits(path, images):
+    """The logits of the TFLite artifact at `path` on `images`, run in one call of
+    tf.lite.Interpreter (the builtin kernels and their default delegate)."""
+    import tensorflow as tf
+    with warnings.catch_warnings():  # 'tf.lite.Interpreter is deprecated'
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    interpreter.resize_tensor_input(inp["index"], images.shape, strict=True)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], images)
+    interpreter.invoke()
+    return interpreter.get_tensor(out["index"])
+
+
+def test_tflite_figures_are_a_direct_interpreter_run(report):
+    root, out, result, _ = report
+    records = {(r["name"], r["format"]): r for r in result["records"]}
+    teacher = ex.load_student(str(root / "teacher"))
+    images, labels = teacher.eval_examples(10_000)
+    teacher_top = np.argmax(teacher.reference_logits(images), -1)
+    for name, workdir in (("teacher", root / "teacher"), ("student", root)):
+        r = records[(name, "tflite")]
+        assert r["path"] == str(out / "artifacts" / f"{name}.tflite")
+        logits = _interpreter_logits(r["path"], images)
+        top = np.argmax(logits, -1)
+        assert r["accuracy"] == np.mean(top == labels)
+        assert r["agreement"] == np.mean(top == teacher_top)
+        reference = ex.load_student(str(workdir)).reference_logits(images)
+        assert r["max_abs_diff"] == pytest.approx(np.abs(logits - reference).max(), abs=2e-6)
+        assert r["params"] == records[(name, "stablehlo")]["params"]
+        assert r["bytes"] > 4 * r["params"]  # float32 weights (the zeros stored too)
 
 
 def test_two_four_student_trains_and_exports_with_its_zeros(report):
