@@ -112,7 +112,8 @@ def bucket_sums(student_logits, teacher_logits, targets, weights, table) -> dict
         s_pred, t_pred = jnp.argmax(s, -1), jnp.argmax(t, -1)
         wrong, repeated = zip(*(bias.repeated_errors(s_pred, t_pred, y, member[:, k])
                                 for k in range(NUM_BUCKETS)))
-        sums["bucket_teacher_wrong"], sums["bucket_repeated"] = jnp.stack(wrong), jnp.stack(repeated)
+        sums["bucket_teacher_wrong"] = jnp.stack(wrong)
+        sums["bucket_repeated"] = jnp.stack(repeated)
     return sums
 
 

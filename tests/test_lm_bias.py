@@ -122,6 +122,30 @@ def test_bucket_sums_and_metrics_match_numpy_with_padding_excluded():
     np.testing.assert_array_equal(alone["bucket_count"], sums["bucket_count"])
 
 
+def test_bucket_report_without_a_scratch_student_names_the_largest_gap():
+    summary = {"student_bucket_tokens": [30, 30, 20, 20],
+               "student_bucket_vocab_ids": [3, 9, 40, 460],
+               "student_bucket_train_share": [0.26, 0.24, 0.25, 0.25],
+               "teacher_bucket_accuracy": [0.9, 0.6, 0.4, 0.2],
+               "student_bucket_accuracy": [0.9, 0.5, 0.35, 0.05],
+               "teacher_bucket_nll": [0.5, 2.0, 3.0, 5.0],
+               "student_bucket_nll": [0.6, 2.5, 3.5, 6.0],
+               "teacher_bucket_ece": [0.01, 0.02, 0.03, 0.04],
+               "student_bucket_ece": [0.02, 0.03, 0.04, 0.05],
+               "bucket_error_repeat": [0.5, 0.4, 0.3, 0.25]}
+    report = bias.bucket_report(summary)
+    assert report["bucket_largest_gap"] == "rare"  # gaps 0, 0.1, 0.05, 0.15
+    rows = report["token_buckets"]
+    assert [r["gap"] for r in rows] == pytest.approx([0.0, 0.1, 0.05, 0.15])
+    assert [r["eval_share"] for r in rows] == pytest.approx([0.3, 0.3, 0.2, 0.2])
+    assert rows[1]["nll"] == {"teacher": 2.0, "student": 2.5}
+    assert rows[3]["teacher_error_repeat_share"] == {"student": 0.25}
+    assert "scratch_gap" not in rows[0]
+    assert bias.rare_tokens_line(report) == (
+        "rare tokens (460 ids, 25% of training tokens): token acc teacher 0.2000, distilled "
+        "0.0500; the distilled student repeats 25.0% of the teacher's errors")
+
+
 # ------------------------------------------------------------------ the LM demo end to end
 
 # tests/test_lm_demo.py's tiny demo (the same programs: in one test session they compile
