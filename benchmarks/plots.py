@@ -7,6 +7,9 @@
   <suite>_accuracy_vs_params.png  top-1 against parameter count (log scale): the teacher, the
                                   scratch student and each method (methods share the student's
                                   size; they are spread a little sideways to stay readable)
+  <suite>_per_class.png           per-class top-1 of the teacher, the scratch student (and its
+                                  baselines, e.g. with the teacher's jitter) and the best
+                                  distilled student, grouped bars per class (up to 20 classes)
   hinton_errors.png               the Hinton suite's test error (%) beside the paper's
   throughput.png                  examples/s per mode from a benchmarks/throughput.py JSON
                                   (`result['throughput']`), one panel per (pair, dtype)
@@ -37,7 +40,8 @@ def _over(suite: dict) -> str:
 
 
 def _colour(role: str) -> str:
-    return {"teacher": "tab:gray", "scratch": "tab:orange"}.get(role, "tab:blue")
+    return {"teacher": "tab:gray", "scratch": "tab:orange",
+            "baseline": "tab:green"}.get(role, "tab:blue")
 
 
 def accuracy_plot(suite: dict, path: str) -> None:
@@ -72,8 +76,9 @@ def accuracy_plot(suite: dict, path: str) -> None:
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=45, ha="right")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{suite['title']}\n{_over(suite)}; grey: teacher, orange: scratch",
-                 fontsize=9)
+    baselines = ", ".join(r["name"] for r in rows if r["role"] == "baseline")
+    ax.set_title(f"{suite['title']}\n{_over(suite)}; grey: teacher, orange: scratch"
+                 + (f", green: {baselines}" if baselines else ""), fontsize=9)
     from matplotlib.patches import Patch
     handles = [Patch(facecolor="tab:blue", edgecolor="black", label="last eval"),
                Patch(facecolor="tab:blue", alpha=0.45, edgecolor="black", label="best eval")]
@@ -97,10 +102,10 @@ def accuracy_vs_params_plot(suite: dict, path: str) -> None:
     plt = _pyplot()
     rows = suite["rows"]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    students = [r for r in rows if r["role"] == "student"]
+    students = [r for r in rows if r["role"] in ("baseline", "student")]
     for r in rows:
         x = float(r["params"])
-        if r["role"] == "student" and len(students) > 1:  # spread the methods sideways
+        if r in students and len(students) > 1:  # spread the methods sideways
             k = students.index(r)
             x *= 1.0 + 0.25 * (k / (len(students) - 1) - 0.5)
         ax.errorbar([x], [100 * r["last_accuracy_mean"]], yerr=[100 * r["last_accuracy_std"]],
@@ -126,22 +131,61 @@ def hinton_plot(suite: dict, path: str) -> None:
     """Test error (%) of teacher / scratch / distilled, here and in the paper."""
     plt = _pyplot()
     rows = {r["name"]: r for r in suite["rows"]}
-    names = [n for n in ("teacher", "scratch", "distilled") if n in rows]
+    names = list(rows)  # teacher, scratch, baselines (no published number), distilled
     pub = suite["published"]
-    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    fig, ax = plt.subplots(figsize=(6.0 + 0.8 * max(0, len(names) - 3), 4.2))
     x = list(range(len(names)))
     ax.bar([i - 0.2 for i in x], [100 * rows[n]["error_rate_mean"] for n in names], 0.4,
            yerr=[100 * rows[n]["error_rate_std"] for n in names], capsize=3,
            color=[_colour(rows[n]["role"]) for n in names], edgecolor="black", linewidth=0.5,
            label=f"here ({rows[names[0]]['eval_examples']:,} test examples)")
-    ax.bar([i + 0.2 for i in x], [100 * pub[f"{n}_errors"] / pub["test_examples"]
-                                  for n in names], 0.4, color="white", edgecolor="black",
-           hatch="//", label=f"Hinton et al. 2015 ({pub['test_examples']:,} test examples)")
+    published = [(i, n) for i, n in enumerate(names) if f"{n}_errors" in pub]
+    ax.bar([i + 0.2 for i, _ in published],
+           [100 * pub[f"{n}_errors"] / pub["test_examples"] for _, n in published], 0.4,
+           color="white", edgecolor="black", hatch="//",
+           label=f"Hinton et al. 2015 ({pub['test_examples']:,} test examples)")
     ax.set_xticks(x)
     ax.set_xticklabels(names)
     ax.set_ylabel("test error (%)")
     ax.set_title(f"{suite['title']}\n{_over(suite)}", fontsize=9)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def per_class_rows(suite: dict) -> list[dict]:
+    """The rows the per-class plot compares: teacher, scratch, baselines, and the distilled
+    student with the highest mean top-1 (the only one in the Hinton suite)."""
+    rows = suite["rows"]
+    students = [r for r in rows if r["role"] == "student" and r["last_accuracy_mean"] is not None]
+    best = [max(students, key=lambda r: r["last_accuracy_mean"])] if students else []
+    return [r for r in rows if r["role"] != "student"] + best
+
+
+def per_class_plot(suite: dict, path: str) -> None:
+    """Per-class top-1 (%, last eval, mean over seeds): one bar group per class, one bar per
+    model of `per_class_rows`."""
+    plt = _pyplot()
+    rows = per_class_rows(suite)
+    students = sum(r["role"] == "student" for r in suite["rows"])
+    classes = len(rows[0]["per_class_accuracy_mean"])
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.2 * classes * len(rows) + 2), 4.8))
+    for j, r in enumerate(rows):
+        xs = [c + (j - (len(rows) - 1) / 2) * width for c in range(classes)]
+        values = [100 * (a or 0) for a in r["per_class_accuracy_mean"]]
+        label = (f"{r['name']} (best of {students} distilled)"
+                 if r["role"] == "student" and students > 1 else r["name"])
+        ax.bar(xs, values, width, color=_colour(r["role"]), edgecolor="black", linewidth=0.5,
+               label=label)
+    values = [100 * a for r in rows for a in r["per_class_accuracy_mean"] if a is not None]
+    ax.set_ylim(max(0.0, min(values) - 2.0), 100.5)
+    ax.set_xticks(range(classes))
+    ax.set_xlabel("class")
+    ax.set_ylabel("top-1 accuracy (%), last eval")
+    ax.set_title(f"{suite['title']}: per-class accuracy\n{_over(suite)}", fontsize=9)
+    ax.legend(fontsize=8, ncol=len(rows), loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -208,6 +252,12 @@ def make_plots(result: dict, out: str) -> tuple[dict[str, str], list[str]]:
                         (f"{name}_accuracy_vs_params", accuracy_vs_params_plot)):
             fn(suite, os.path.join(out, f"{key}.png"))
             files[key] = f"{key}.png"
+        classes = len(suite["rows"][0].get("per_class_accuracy_mean") or [])
+        if 0 < classes <= 20:
+            per_class_plot(suite, os.path.join(out, f"{name}_per_class.png"))
+            files[f"{name}_per_class"] = f"{name}_per_class.png"
+        elif classes:
+            notes.append(f"{name}: per-class plot skipped ({classes} classes; at most 20 drawn)")
         if name == "hinton" and suite.get("published"):
             hinton_plot(suite, os.path.join(out, "hinton_errors.png"))
             files["hinton_errors"] = "hinton_errors.png"

@@ -1,9 +1,12 @@
-"""The accuracy benchmark end to end in its tiny mode (digits, 2 methods, 2 seeds, a few dozen
-steps, on the 8 host CPU devices of conftest): its JSON fields, its summaries recomputed here
-from its own per-seed records, the Markdown table and the PNG plots."""
+"""The accuracy benchmark: one tiny real run end to end (digits, the methods suite with one
+method and one seed, a few steps, on the 8 host CPU devices of conftest: its JSON fields, the
+scratch student with the teacher's jitter, the Markdown table and the PNG plots), and the
+Hinton suite's plan with synthetic records over 3 seeds, whose summaries are recomputed here
+with NumPy and pinned to hand values."""
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -12,32 +15,32 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-METHODS = ("kd", "at")
-SEEDS = (0, 1)
+from benchmarks import accuracy_plan, accuracy_report, accuracy_run, accuracy_stats, plots
+
+METHOD = "kd"
 DIGITS_TEST = 360  # scikit-learn digits: the last 36 of each class
 RECORD_FIELDS = ("suite", "name", "role", "seed", "method", "workdir", "dataset", "model",
-                 "last_step", "last_accuracy", "best_step", "best_accuracy", "evals",
+                 "augment", "last_step", "last_accuracy", "best_step", "best_accuracy", "evals",
                  "eval_examples", "errors", "per_class_accuracy", "agreement", "params",
                  "flops_per_example", "examples_per_second", "teacher_workdir")
 ROW_FIELDS = ("name", "role", "n", "seeds", "last_accuracy_mean", "last_accuracy_std",
               "best_accuracy_mean", "best_accuracy_std", "agreement_mean", "agreement_std",
               "gap_closed_per_seed", "gap_closed_mean", "gap_closed_std", "gap_closed_of_means",
               "per_class_accuracy_mean", "worst_classes", "params")
+HINTON_NAMES = ("teacher", "scratch", "scratch_jitter", "distilled")
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _bench(*args, timeout=600):
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.accuracy", *args], check=False,
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    """`python -m benchmarks.accuracy --quick` on the methods suite: teacher, scratch,
+    scratch_jitter and kd, seed 0, a tenth of the quick steps."""
     out = tmp_path_factory.mktemp("accuracy")
-    proc = _bench("--quick", "--suite=methods", f"--methods={','.join(METHODS)}",
-                  f"--seeds={len(SEEDS)}", "--steps_scale=0.5", f"--out={out}")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.accuracy", "--quick",
+                           "--suite=methods", f"--methods={METHOD}", "--seeds=1",
+                           "--steps_scale=0.1", "--compilation_cache=", f"--out={out}"],
+                          check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / "accuracy.json") as f:
         result = json.load(f)
     return result, out, proc.stdout
@@ -48,7 +51,8 @@ def _hinton_records(suite, rng):
     class), shaped as `measure` writes them, without training anything."""
     records = []
     for run in suite.runs:
-        base = {"teacher": 0.95, "scratch": 0.90, "distilled": 0.93}[run.name]
+        base = {"teacher": 0.95, "scratch": 0.90, "scratch_jitter": 0.94,
+                "distilled": 0.93}[run.name]
         correct = np.clip(rng.normal(100 * base, 2.0, 10).round(), 0, 100).astype(int)
         last = float(correct.sum()) / 1000
         records.append({
@@ -56,6 +60,7 @@ def _hinton_records(suite, rng):
             "method": "distilled" if run.role == "student" else None,
             "workdir": run.workdir, "external": False, "dataset": "mnist5k",
             "model": run.config.student.model, "steps": run.config.num_steps,
+            "augment": run.config.data.augment,
             "teacher_workdir": run.teacher.workdir if run.teacher else None,
             "last_step": run.config.num_steps, "last_accuracy": last,
             "best_step": run.config.num_steps // 2, "best_accuracy": last + 0.002,
@@ -72,14 +77,12 @@ def _hinton_records(suite, rng):
 def hinton(tmp_path_factory, tiny):
     """The hinton suite's plan (3 seeds, each with its own teacher) with synthetic records,
     summarised, rendered and plotted by the benchmark's own functions."""
-    sys.path.insert(0, ROOT)
-    from benchmarks import accuracy
     out = tmp_path_factory.mktemp("hinton")
-    (suite,) = accuracy.build_suites("hinton", None, 3, out=str(out))
+    (suite,) = accuracy_plan.build_suites("hinton", None, 3, out=str(out))
     result = {k: v for k, v in tiny[0].items() if k not in ("suites", "plots", "throughput")}
-    result["suites"] = {"hinton": accuracy.suite_result(
+    result["suites"] = {"hinton": accuracy_stats.suite_result(
         suite, _hinton_records(suite, np.random.default_rng(0)))}
-    result = accuracy.finish_report(result, str(out), log=lambda _: None)
+    result = accuracy_report.finish_report(result, str(out), log=lambda _: None)
     return suite, result, out
 
 
@@ -98,14 +101,29 @@ def _png_size(path):
     return struct.unpack(">II", head[16:24])
 
 
+def test_statistics_by_hand():
+    mean, std = accuracy_stats.mean_std([0.90, None, 0.92, 0.97])
+    assert mean == pytest.approx(0.93, abs=1e-15)
+    assert std == pytest.approx(np.sqrt((0.03**2 + 0.01**2 + 0.04**2) / 2), abs=1e-15)
+    assert accuracy_stats.mean_std([0.5]) == (0.5, 0.0)
+    assert accuracy_stats.mean_std([None]) == (None, None)
+    assert accuracy_stats.gap_closed(0.96, 0.94, 0.98) == pytest.approx(0.5, abs=1e-12)
+    assert accuracy_stats.gap_closed(0.99, 0.94, 0.98) == pytest.approx(1.25, abs=1e-12)
+    assert accuracy_stats.gap_closed(0.96, 0.94, 0.94) is None  # no gap to close
+    preds, labels = np.array([0, 1, 1, 2, 0, 2]), np.array([0, 1, 2, 2, 2, 0])
+    assert accuracy_run.per_class_accuracy(preds, labels, 4) == [0.5, 1.0, 1 / 3, None]
+
+
 def test_records_have_every_run_and_field(tiny):
     result, _, _ = tiny
     assert set(result["suites"]) == {"methods"}
-    assert result["flags"]["seeds"] == len(SEEDS) and result["environment"]["device_count"] == 8
+    assert result["flags"]["seeds"] == 1 and result["environment"]["device_count"] == 8
     methods = result["suites"]["methods"]["runs"]
-    # one shared teacher (seed 0), then per seed: scratch + each method
-    assert [(r["name"], r["seed"]) for r in methods] == [("teacher", 0)] + [
-        (n, s) for s in SEEDS for n in ("scratch", *METHODS)]
+    # one shared teacher (seed 0), then: scratch, scratch with the teacher's jitter, the method
+    assert [(r["name"], r["role"]) for r in methods] == [
+        ("teacher", "teacher"), ("scratch", "scratch"), ("scratch_jitter", "baseline"),
+        (METHOD, "student")]
+    assert [r["augment"] for r in methods] == ["jitter", "none", "jitter", "none"]
     for r in methods:
         for field in RECORD_FIELDS:
             assert field in r, (r["name"], field)
@@ -126,24 +144,29 @@ def test_records_have_every_run_and_field(tiny):
             assert r["agreement"] == pytest.approx(r["agreement_from_run"], abs=1e-9)
     teacher = methods[0]
     assert all(r["teacher_workdir"] == teacher["workdir"] for r in methods[1:])
-    assert teacher["params"] > methods[1]["params"]
+    assert teacher["params"] > methods[1]["params"] == methods[2]["params"]
+    with open(os.path.join(methods[2]["workdir"], accuracy_run.RUN_CONFIG)) as f:
+        jitter = json.load(f)
+    with open(os.path.join(methods[1]["workdir"], accuracy_run.RUN_CONFIG)) as f:
+        scratch = json.load(f)
+    assert sorted(accuracy_run._diff(scratch, jitter)) == ["data.augment"]
 
 
 @pytest.mark.parametrize("suite", ["methods", "hinton"])
 def test_summaries_match_the_per_seed_records(tiny, hinton, suite):
     s = (hinton[1] if suite == "hinton" else tiny[0])["suites"][suite]
     runs, rows = s["runs"], {r["name"]: r for r in s["rows"]}
-    names = ["teacher", "scratch", *(METHODS if suite == "methods" else ["distilled"])]
+    names = list(HINTON_NAMES) if suite == "hinton" else [
+        "teacher", "scratch", "scratch_jitter", METHOD]
     assert [r["name"] for r in s["rows"]] == names
     teachers = {r["workdir"]: r for r in runs if r["role"] == "teacher"}
     scratch = {r["seed"]: r for r in runs if r["name"] == "scratch"}
-    seeds = len(SEEDS) if suite == "methods" else 3
+    seeds = 1 if suite == "methods" else 3
     for name in names:
         row, recs = rows[name], [r for r in runs if r["name"] == name]
         for field in ROW_FIELDS:
             assert field in row, (name, field)
-        shared = name == "teacher" and suite == "methods"
-        assert row["n"] == len(recs) == (1 if shared else seeds)
+        assert row["n"] == len(recs) == seeds
         for field in ("last_accuracy", "best_accuracy", "errors"):
             values = [r[field] for r in recs]
             assert row[f"{field}_mean"] == pytest.approx(np.mean(values), abs=1e-12)
@@ -169,7 +192,8 @@ def test_summaries_match_the_per_seed_records(tiny, hinton, suite):
         if name == "scratch":
             assert row["gap_closed_of_means"] is None and row["gap_closed_per_seed"] == []
             continue
-        # the gap: each seed against its scratch student and its teacher, and of the means
+        # the gap (the jittered baseline's too): each seed against its scratch student and
+        # its teacher, and of the means
         triples = [(r["last_accuracy"], scratch[r["seed"]]["last_accuracy"],
                     teachers[r["teacher_workdir"]]["last_accuracy"]) for r in recs]
         per_seed = [_gap(*t) for t in triples]
@@ -189,22 +213,22 @@ def test_summaries_match_the_per_seed_records(tiny, hinton, suite):
             assert row["gap_closed_of_means"] == pytest.approx(want, abs=1e-12)
 
 
-def test_markdown_lists_every_model(tiny):
+def test_markdown_and_plots_of_the_run(tiny):
     result, out, stdout = tiny
     md = (out / "accuracy.md").read_text()
     assert md.strip() in stdout  # the tables printed are the file written
     table_rows = [line for line in md.splitlines() if line.startswith("| ")]
-    for name in (*METHODS, "teacher (cnn)", "scratch (cnn)"):
+    rows = {r["name"]: r for r in result["suites"]["methods"]["rows"]}
+    for name in (METHOD, "teacher (cnn)", "scratch (cnn)", "scratch_jitter (cnn)"):
         assert any(line.startswith(f"| {name} |") for line in table_rows), name
+    jitter = next(line for line in table_rows if line.startswith("| scratch_jitter (cnn) |"))
+    assert accuracy_report._gap(rows["scratch_jitter"]) in [c.strip() for c in jitter.split("|")]
     for c in range(10):  # the per-class table
         assert any(line.startswith(f"| {c} |") for line in table_rows), c
     assert "throughput plot skipped" in md
     assert any("throughput plot skipped" in n for n in result["notes"])
-
-
-def test_plots_are_valid_pngs(tiny):
-    result, out, _ = tiny
-    assert set(result["plots"]) == {"methods_accuracy", "methods_accuracy_vs_params"}
+    assert set(result["plots"]) == {"methods_accuracy", "methods_accuracy_vs_params",
+                                    "methods_per_class"}
     for name in result["plots"].values():
         width, height = _png_size(out / name)
         assert width > 200 and height > 200
@@ -213,16 +237,22 @@ def test_plots_are_valid_pngs(tiny):
 
 def test_hinton_plan_and_report(hinton):
     suite, result, out = hinton
-    # each seed: its own teacher (configs/mnist_kd.py), the scratch student, the distilled one
+    # each seed: its own teacher (configs/mnist_kd.py), the scratch student, the scratch
+    # student with the teacher's jitter, the distilled one
     assert [(r.name, r.seed) for r in suite.runs] == [
-        (n, s) for s in range(3) for n in ("teacher", "scratch", "distilled")]
-    for teacher, scratch, distilled in zip(*[iter(suite.runs)] * 3):
+        (n, s) for s in range(3) for n in HINTON_NAMES]
+    for teacher, scratch, jitter, distilled in zip(*[iter(suite.runs)] * 4):
         assert teacher.config.student.model == "mlp_teacher"
         assert teacher.config.seed == scratch.config.seed == distilled.config.seed
         assert teacher.config.data.augment == "jitter" and teacher.config.data.augment_pixels == 2
         assert scratch.config.student.model == distilled.config.student.model == "mlp_student"
         assert scratch.config.objective.to_dict() == {"ce": {"weight": 1.0}}
+        assert scratch.config.data.augment == distilled.config.data.augment == "none"
+        assert sorted(accuracy_run._diff(scratch.config.to_dict(), jitter.config.to_dict())) == [
+            "data.augment"]
+        assert jitter.config.data.augment == "jitter" and jitter.role == "baseline"
         assert distilled.config.objective.kd.temperature == 20.0
+        assert distilled.config.optimizer.warmup_steps == 100
         assert distilled.config.teacher.checkpoint == teacher.workdir
         assert distilled.config.data.name == "mnist5k"
     s = result["suites"]["hinton"]
@@ -236,19 +266,44 @@ def test_hinton_plan_and_report(hinton):
                             ("distilled (mlp_student)", 74)):
         line = next(r for r in rows if r.startswith(f"| {name} |"))
         assert f"| {published} | {published / 100:.2f} |" in line
+    line = next(r for r in rows if r.startswith("| scratch_jitter (mlp_student) |"))
+    assert line.endswith("| - | - |")  # no published number
     assert "Published gap closed: 91.1%" in md
+    assert any(n.startswith("scratch_jitter: the scratch student trained with its teacher's "
+                            "augmentation (data.augment='jitter', 2 px)") for n in s["notes"])
+    by_name = {r["name"]: r for r in s["rows"]}
+    gaps = {n: by_name[n]["gap_closed_of_means"] for n in ("scratch_jitter", "distilled")}
+    assert f"scratch_jitter {100 * by_name['scratch_jitter']['last_accuracy_mean']:.2f}% " \
+           f"({gaps['scratch_jitter']:.1%} of it)" in md
+    recs = {(r["name"], r["seed"]): r for r in s["runs"]}
+    assert "| seed | teacher | scratch | scratch_jitter | distilled | gap closed " \
+           "(scratch_jitter) | gap closed (distilled) |" in md
     for seed in range(3):
-        assert any(r.startswith(f"| seed {seed} |") for r in rows)
+        line = next(r for r in rows if r.startswith(f"| seed {seed} |"))
+        t, sc = recs[("teacher", seed)], recs[("scratch", seed)]
+        for n in ("scratch_jitter", "distilled"):
+            g = _gap(recs[(n, seed)]["last_accuracy"], sc["last_accuracy"], t["last_accuracy"])
+            assert f"{g:.1%}" in [cell.strip() for cell in line.split("|")]
     assert set(result["plots"]) == {"hinton_accuracy", "hinton_accuracy_vs_params",
-                                    "hinton_errors"}
+                                    "hinton_per_class", "hinton_errors"}
     for name in result["plots"].values():
         _png_size(out / name)
+    assert [r["name"] for r in plots.per_class_rows(s)] == list(HINTON_NAMES)
+
+
+def test_per_class_plot_compares_the_best_student(tiny):
+    s = json.loads(json.dumps(tiny[0]["suites"]["methods"]))
+    other = dict(s["rows"][-1], name="dkd")
+    s["rows"].append(other)
+    for accuracy, best in ((other["last_accuracy_mean"] + 0.01, "dkd"),
+                           (other["last_accuracy_mean"] - 0.01, METHOD)):
+        other["last_accuracy_mean"] = accuracy
+        assert [r["name"] for r in plots.per_class_rows(s)] == [
+            "teacher", "scratch", "scratch_jitter", best]
 
 
 def test_report_adds_the_throughput_plot(tiny, tmp_path):
     """What `--report_only --throughput_json=...` does, in process."""
-    sys.path.insert(0, ROOT)
-    from benchmarks import accuracy
     result, _, _ = tiny
     records = [{"pair": "mlp", "mode": m, "batch_size": b, "dtype": "float32",
                 "teacher": "mlp_teacher", "student": "mlp_student", "devices": 8,
@@ -259,8 +314,8 @@ def test_report_adds_the_throughput_plot(tiny, tmp_path):
     path.write_text(json.dumps(records))
     report = tmp_path / "report"
     report.mkdir()
-    accuracy.finish_report(json.loads(json.dumps(result)), str(report), str(path),
-                           log=lambda _: None)
+    accuracy_report.finish_report(json.loads(json.dumps(result)), str(report), str(path),
+                                  log=lambda _: None)
     with open(report / "accuracy.json") as f:
         again = json.load(f)
     assert again["throughput"]["records"] == records
@@ -270,27 +325,27 @@ def test_report_adds_the_throughput_plot(tiny, tmp_path):
     assert again["suites"] == result["suites"]
 
 
-def test_bad_arguments_and_the_cifar100_plan(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(ROOT)
-    from benchmarks import accuracy
+def test_bad_arguments_and_the_cifar100_plan(tmp_path):
     with pytest.raises(ValueError, match="unknown method 'kdd'"):
-        accuracy.build_suites("methods", ["kdd"], 1, out=str(tmp_path))
+        accuracy_plan.build_suites("methods", ["kdd"], 1, out=str(tmp_path))
     with pytest.raises(ValueError, match="--seeds"):
-        accuracy.build_suites("methods", None, 0, out=str(tmp_path))
+        accuracy_plan.build_suites("methods", None, 0, out=str(tmp_path))
     with pytest.raises(ValueError, match="unknown suite"):
-        accuracy.build_suites("nope", None, 1, out=str(tmp_path))
+        accuracy_plan.build_suites("nope", None, 1, out=str(tmp_path))
     with pytest.raises(ValueError, match="teacher_checkpoint"):
-        accuracy.build_suites("hinton", None, 1, out=str(tmp_path), teacher_checkpoint="/x")
+        accuracy_plan.build_suites("hinton", None, 1, out=str(tmp_path), teacher_checkpoint="/x")
 
     data_dir = str(tmp_path / "tfds")
-    (suite,) = accuracy.build_suites("cifar100", None, 2, out=str(tmp_path), data_dir=data_dir,
-                                     scale=0.001)
+    (suite,) = accuracy_plan.build_suites("cifar100", None, 2, out=str(tmp_path),
+                                          data_dir=data_dir, scale=0.001)
     teacher = suite.runs[0]
     assert teacher.name == "teacher" and teacher.config.student.model == "resnet32x4"
     assert teacher.config.teacher.model == ""
     assert teacher.config.num_steps == round(240 * 50_000 // 64 * 0.001)
+    # the students already train with the teacher's augmentation: no augmented baseline
+    assert {r.role for r in suite.runs} == {"teacher", "scratch", "student"}
     students = [r for r in suite.runs if r.role == "student"]
-    assert [r.name for r in students] == list(accuracy.CIFAR100_METHODS) * 2
+    assert [r.name for r in students] == list(accuracy_plan.CIFAR100_METHODS) * 2
     for r in suite.runs:
         assert r.config.data.name == "cifar100" and r.config.data.data_dir == data_dir
     for r in students:
@@ -301,17 +356,33 @@ def test_bad_arguments_and_the_cifar100_plan(monkeypatch, tmp_path):
     assert suite.published["crd"] == 75.51 and suite.published["teacher"] == 79.42
     # nothing is downloaded: an unprepared cifar100 is refused before anything trains
     with pytest.raises(ValueError, match="tfds build cifar100"):
-        accuracy.validate([suite])
+        accuracy_plan.validate([suite])
 
 
-def test_a_run_dir_of_another_config_is_refused(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(ROOT)
-    from benchmarks import accuracy
-    (a,) = accuracy.build_suites("hinton", None, 1, quick=True, out=str(tmp_path))
-    (b,) = accuracy.build_suites("hinton", None, 1, quick=True, out=str(tmp_path),
-                                 scale=0.5)
-    accuracy._check_run_dir(a.runs[0])
-    accuracy._check_run_dir(a.runs[0])  # same config: reused
-    assert os.path.exists(os.path.join(a.runs[0].workdir, accuracy.RUN_CONFIG))
+def test_a_run_dir_of_another_config_is_refused(tmp_path):
+    (a,) = accuracy_plan.build_suites("hinton", None, 1, quick=True, out=str(tmp_path))
+    (b,) = accuracy_plan.build_suites("hinton", None, 1, quick=True, out=str(tmp_path),
+                                      scale=0.5)
+    accuracy_run._check_run_dir(a.runs[0])
+    accuracy_run._check_run_dir(a.runs[0])  # same config: reused
+    assert os.path.exists(os.path.join(a.runs[0].workdir, accuracy_run.RUN_CONFIG))
     with pytest.raises(ValueError, match="different config.*num_steps"):
-        accuracy._check_run_dir(b.runs[0])
+        accuracy_run._check_run_dir(b.runs[0])
+
+
+def test_the_command_keeps_the_names_other_benchmarks_use():
+    """benchmarks/accuracy.py is the CLI and the facade the other benchmarks import from:
+    every `acc.NAME` and `from benchmarks.accuracy import NAME` of benchmarks/ resolves."""
+    from benchmarks import accuracy
+    used = set()
+    for name in os.listdir(os.path.join(ROOT, "benchmarks")):
+        if name.endswith(".py") and not name.startswith("accuracy"):
+            with open(os.path.join(ROOT, "benchmarks", name)) as f:
+                text = f.read()
+            used |= set(re.findall(r"\bacc\.(\w+)", text))
+            for names in re.findall(r"from benchmarks\.accuracy import ([\w, ]+)", text):
+                used |= {n.strip() for n in names.split(",") if n.strip()}
+    assert {"measure", "load_config", "enable_compilation_cache", "_table"} <= used
+    assert sorted(n for n in used if not hasattr(accuracy, n)) == []
+    assert accuracy.measure is accuracy_run.measure
+    assert accuracy.build_suites is accuracy_plan.build_suites
