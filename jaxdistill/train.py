@@ -172,6 +172,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """Runs (or resumes) one training run in `workdir` and returns its summary."""
     setup = prepare_run(config)
     run_record.check(config, workdir)  # a rerun must be the same run: before anything is written
+    teacher = load_teachers(setup)  # and a teacher that does not fit (its store) too
     os.makedirs(workdir, exist_ok=True)
     writer = MetricWriter(workdir)
     ckpts = checkpoint.RunCheckpoints(workdir, keep=config.keep_checkpoints,
@@ -179,7 +180,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                       best_mode=setup.task.best_mode)
     watch = PreemptionWatch()
     try:
-        teacher = load_teachers(setup)
         train_fn, eval_fn = compile_steps(setup)
         state, position = _init_or_restore(setup, ckpts, writer, workdir)
         writer.drop_after(int(jax.device_get(state.step)))  # records the resumed steps redo

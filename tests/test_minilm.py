@@ -14,6 +14,7 @@ import pytest
 import torch
 import transformers
 from conftest import load_config, set_fields
+from refusals import refusal
 
 from jaxdistill import hf, losses
 from jaxdistill.data.sentence_builders import encode, sentences
@@ -123,12 +124,13 @@ def test_layer_selection_and_refusals(tiny_dir):
     np.testing.assert_array_equal(picked.blocks[0].up.kernel[...], full.blocks[1].up.kernel[...])
     np.testing.assert_array_equal(picked.blocks[0].q.kernel[...].reshape(32, 32),
                                   tensors["encoder.layer.1.attention.self.query.weight"].T)
-    with pytest.raises(ValueError, match="indices into the checkpoint's 2 layers"):
-        hf_bert.load(hf_config, tensors, layers=(2,))
-    with pytest.raises(ValueError, match="hidden_act 'relu'"):
-        hf_bert.load({**hf_config, "hidden_act": "relu"}, tensors)
-    with pytest.raises(ValueError, match="has no place for"):
-        hf_bert.load(hf_config, {**tensors, "cls.predictions.bias": np.zeros(3)})
+    assert refusal(lambda: hf_bert.load(hf_config, tensors, layers=(2,))) == (
+        "layers (2,) must be indices into the checkpoint's 2 layers")
+    assert refusal(lambda: hf_bert.load({**hf_config, "hidden_act": "relu"}, tensors)) == (
+        "hidden_act 'relu': only the exact 'gelu' of BERT is implemented")
+    assert refusal(lambda: hf_bert.load(
+        hf_config, {**tensors, "cls.predictions.bias": np.zeros(3)})) == (
+        "bert checkpoint: 1 tensor(s) the model has no place for, e.g. ['cls.predictions.bias']")
 
 
 def test_embedding_losses_equal_float64_numpy():
@@ -152,8 +154,8 @@ def test_embedding_losses_equal_float64_numpy():
     # gradients of the cosine term: d(1 - cos)/ds is orthogonal to s (scale-invariant)
     grad = jax.grad(lambda x: jnp.sum(losses.cosine_distance(x, jnp.asarray(t))))(jnp.asarray(s))
     np.testing.assert_allclose(np.sum(np.asarray(grad) * s, -1), 0.0, atol=1e-5)
-    with pytest.raises(ValueError, match="fit the token mask"):
-        losses.masked_hidden_mse(hs, ht, mask[:, :4])
+    assert refusal(lambda: losses.masked_hidden_mse(hs, ht, mask[:, :4])) == (
+        "hidden states of shape (2, 5, 3) do not fit the token mask of shape (2, 4) ([B, L])")
 
 
 def test_sentences_cut_prose_and_drop_code():

@@ -5,6 +5,7 @@ fingerprint and augmentation refusals, and the data layer's `extra_fields` hook 
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, device_env, load_config, set_fields
 from flax import nnx
+from refusals import refusal
 
 from jaxdistill import checkpoint, data, experiment, parallel
 from jaxdistill.losses.logits import kd_loss
@@ -246,16 +248,17 @@ def test_a_mismatched_store_is_refused_naming_what_differs(full_store, kd_config
 
 def test_augmentation_with_a_store_is_refused(full_store, kd_config, tmp_path):
     jitter = _set(kd_config, **{"data.augment": "jitter"})
-    with pytest.raises(ValueError, match=r"config\.teacher\.store='.*' holds the teacher's "
-                       r"outputs on un-augmented images.*config\.data\.augment='jitter'"):
-        check_config(jitter, full_store.path)
+    why = ("holds the teacher's outputs on un-augmented images, which do not describe the randomly "
+        "augmented ones of config.data.augment='jitter'; set config.data.augment='none' or run "
+        "the teacher online (config.teacher.store='')")
+    refused = f"config.teacher.store='{full_store.path}' {why}"
+    assert refusal(lambda: check_config(jitter, full_store.path), full_store.path) == refused
     with_field = _set(jitter, **{"teacher.store": full_store.path})  # the trainer's field
-    with pytest.raises(ValueError, match="un-augmented"):
-        check_config(with_field)
-    with pytest.raises(ValueError, match="un-augmented"):
-        check_store(full_store, jitter, full_store.source["teacher_params_sha256"])
-    with pytest.raises(ValueError, match=r"--store='.*' holds the teacher's outputs on un-aug"):
-        write_store(jitter, str(tmp_path / "never"))
+    assert refusal(lambda: check_config(with_field), full_store.path) == refused
+    sha = full_store.source["teacher_params_sha256"]
+    assert refusal(lambda: check_store(full_store, jitter, sha), full_store.path) == refused
+    assert refusal(lambda: write_store(jitter, str(tmp_path / "never")), tmp_path) == (
+        f"--store='{tmp_path / 'never'}' {why}")
     check_config(_set(kd_config, **{"teacher.store": full_store.path}))  # augment 'none': fine
     check_config(jitter)  # no store: fine
 
@@ -369,5 +372,12 @@ def test_store_run_refuses_a_store_for_another_teacher(kd_config, full_store, tm
     train_and_evaluate(_set(experiment.teacher_config(kd_config), seed=5), other)
     config = _set(kd_config, **{"baseline": False, "teacher.store": full_store.path,
                                 "teacher.checkpoint": other})
-    with pytest.raises(ValueError, match="teacher checkpoint"):
-        train_and_evaluate(config, str(tmp_path / "run"))
+    message = refusal(lambda: train_and_evaluate(config, str(tmp_path / "run")), tmp_path / "run")
+    stored = full_store.source["teacher_params_sha256"][:12]
+    assert re.fullmatch(re.escape(
+        f"config.teacher.store='{full_store.path}' was not written for this run: teacher "
+        f"checkpoint: teacher_params_sha256 is {stored}... in the store but ") + "[0-9a-f]{12}"
+        + re.escape(f"... (config.teacher.checkpoint='{other}') in this run. Write a store for "
+                    "it with `python -m jaxdistill.teacher_store --config=... --store=NEW_DIR` "
+                    "(same config and overrides), or run the teacher online "
+                    "(config.teacher.store='')"), message), message
