@@ -27,7 +27,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from jaxdistill.data import corpora
-from jaxdistill.data.text_builders import TEST_EVERY, TOKENIZER_FILE, _TextBuilder
+from jaxdistill.data.text_builders import TOKENIZER_FILE, _TextBuilder, split_by_index
 from jaxdistill.data.tokenizer import file_sha256
 
 MIN_WORDS = 5
@@ -80,9 +80,7 @@ class PydocSentences(_TextBuilder):
         if not cfg.tokenizer:
             raise ValueError("config.data.tokenizer: a sentence dataset is tokenised with the "
                              "teacher's tokenizer.json; set its path")
-        docs = list(pydoc_sentences())[: cfg.max_documents or None]
-        splits = {"train": [d for i, d in enumerate(docs) if i % TEST_EVERY],
-                  "test": [d for i, d in enumerate(docs) if i % TEST_EVERY == 0]}
+        splits = split_by_index(pydoc_sentences(), cfg.max_documents)
         path = os.fspath(self.data_path / TOKENIZER_FILE)
         shutil.copyfile(cfg.tokenizer, path)
         tok = Tokenizer.from_file(path)

@@ -63,11 +63,17 @@ def _packable(tok, documents: list[corpora.Document]) -> list:
     return [(p, t) if d.prompt else t for d, p, t in zip(documents, prompts, texts)]
 
 
-def split_documents(corpus: str, max_documents: int) -> dict[str, list[corpora.Document]]:
-    """The corpus' first `max_documents` documents (0 = all) by split (module doc)."""
-    documents = list(itertools.islice(corpora.CORPORA[corpus](), max_documents or None))
+def split_by_index(documents, max_documents: int) -> dict[str, list]:
+    """The first `max_documents` of `documents` (0 = all) by split: document i is `test`
+    when i % TEST_EVERY == 0, else `train`."""
+    documents = list(itertools.islice(documents, max_documents or None))
     return {"train": [d for i, d in enumerate(documents) if i % TEST_EVERY],
             "test": [d for i, d in enumerate(documents) if i % TEST_EVERY == 0]}
+
+
+def split_documents(corpus: str, max_documents: int) -> dict[str, list[corpora.Document]]:
+    """The corpus' first `max_documents` documents (0 = all) by split (module doc)."""
+    return split_by_index(corpora.CORPORA[corpus](), max_documents)
 
 
 def save_tokenizer(path: str, cfg, train_documents: list[corpora.Document]):
