@@ -104,8 +104,9 @@ def bucket_report(summary: Mapping) -> dict:
     its vocabulary ids, share of training and eval tokens, the accuracy, NLL and ECE of
     teacher, scratch and distilled student, the distilled student's accuracy gap to the
     teacher (and its growth over the scratch student's), and the share of the teacher's
-    errors there that each student repeats; and the bucket whose gap grew most (without a
-    scratch student: the largest gap)."""
+    errors there that each student repeats; the bucket whose gap grew most (without a
+    scratch student: the largest gap); and, over the whole split, each model's ECE and
+    the share of the teacher's errors each student repeats."""
     scratch = "scratch_bucket_accuracy" in summary
     models = ("teacher", "scratch", "student") if scratch else ("teacher", "student")
     repeats = {"student": summary["bucket_error_repeat"],
@@ -128,8 +129,13 @@ def bucket_report(summary: Mapping) -> dict:
         rows.append(row)
     key = "gap_growth" if scratch else "gap"
     worst = max(rows, key=lambda r: r[key])["bucket"]  # ties: the more frequent
+    overall = {"student": summary["error_repeat"],
+               **({"scratch": summary["scratch_error_repeat"]}
+                  if "scratch_error_repeat" in summary else {})}
     return {"token_buckets": rows,
-            "bucket_gap_grew_most" if scratch else "bucket_largest_gap": worst}
+            "bucket_gap_grew_most" if scratch else "bucket_largest_gap": worst,
+            "teacher_error_repeat_share": overall,
+            "ece": {m: summary[f"{m}_ece"] for m in models}}
 
 
 def rare_tokens_line(report: Mapping) -> str:

@@ -118,22 +118,26 @@ def bucket_sums(student_logits, teacher_logits, targets, weights, table) -> dict
 
 
 def _model_metrics(prefix: str, sums: Mapping, count) -> dict:
+    bins = sums[f"{prefix}bucket_calibration"]
     return {f"{prefix}bucket_accuracy": bias.per_class(count, sums[f"{prefix}bucket_correct"]),
             f"{prefix}bucket_nll": bias.per_class(count, sums[f"{prefix}bucket_nll"]),  # means
-            f"{prefix}bucket_ece": [bias.expected_calibration_error(b)
-                                    for b in sums[f"{prefix}bucket_calibration"]]}
+            f"{prefix}bucket_ece": [bias.expected_calibration_error(b) for b in bins],
+            f"{prefix}ece": bias.expected_calibration_error(np.sum(bins, 0))}
 
 
 def bucket_metrics(sums: Mapping, buckets: TokenBuckets) -> dict:
     """From `bucket_sums` added up over a split, lists [K]: eval tokens, vocabulary ids and
     training share, accuracy, mean NLL and ECE per bucket (0 where a bucket has no eval
-    token); with a teacher, its own and the share of its errors the student repeats."""
+    token), and the whole split's ECE; with a teacher, its own and the share of its errors
+    the student repeats, per bucket and over the split."""
     count = np.asarray(sums["bucket_count"], np.float64)
     out = {"bucket_tokens": [int(c) for c in np.rint(count)],
            "bucket_vocab_ids": list(buckets.vocab_ids),
            "bucket_train_share": list(buckets.train_share), **_model_metrics("", sums, count)}
     if "bucket_repeated" in sums:
         out.update(_model_metrics("teacher_", sums, count))
-        out["bucket_error_repeat"] = [float(r) / max(float(w), 1.0) for r, w in
-                                      zip(sums["bucket_repeated"], sums["bucket_teacher_wrong"])]
+        repeated, wrong = sums["bucket_repeated"], sums["bucket_teacher_wrong"]
+        out["bucket_error_repeat"] = [float(r) / max(float(w), 1.0)
+                                      for r, w in zip(repeated, wrong)]
+        out["error_repeat"] = float(np.sum(repeated)) / max(float(np.sum(wrong)), 1.0)
     return out

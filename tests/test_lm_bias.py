@@ -45,10 +45,17 @@ def _softmax(z):
     return e / e.sum(-1, keepdims=True)
 
 
+def _np_ece(right, conf, bins, keep):
+    """sum over bins of |correct - sum of confidences| among the `keep` positions, over them."""
+    return sum(abs(right[keep & (bins == b)].sum() - conf[keep & (bins == b)].sum())
+               for b in range(15)) / max(keep.sum(), 1)
+
+
 def _np_bucket_metrics(s_logits, t_logits, targets, weights, table):
     """float64 NumPy per-bucket metrics over positions of weight 1 (lists [K]): eval tokens,
     accuracy, mean NLL, ECE (15 equal-width confidence bins, Guo et al. 2017) of each model
-    and the share of the teacher's errors the student repeats with the same wrong token."""
+    and the share of the teacher's errors the student repeats with the same wrong token;
+    the ECEs and the repeated share over all those positions."""
     keep = weights.reshape(-1) > 0
     y = targets.reshape(-1)[keep]
     group = np.asarray(table)[y]
@@ -60,20 +67,21 @@ def _np_bucket_metrics(s_logits, t_logits, targets, weights, table):
         right = pred == y
         nll = -np.log(p[np.arange(len(y)), y])
         bins = np.clip(np.ceil(conf * 15).astype(int) - 1, 0, 14)
-        acc, mean_nll, ece = [], [], []
+        acc, mean_nll = [], []
         for k in range(K):
             g = group == k
-            n = max(g.sum(), 1)
-            acc.append(right[g].sum() / n)
-            mean_nll.append(nll[g].sum() / n)
-            ece.append(sum(abs(right[g & (bins == b)].sum() - conf[g & (bins == b)].sum())
-                           for b in range(15)) / n)
-        out[name] = {"accuracy": acc, "nll": mean_nll, "ece": ece}
+            acc.append(right[g].sum() / max(g.sum(), 1))
+            mean_nll.append(nll[g].sum() / max(g.sum(), 1))
+        out[name] = {"accuracy": acc, "nll": mean_nll,
+                     "ece": [_np_ece(right, conf, bins, group == k) for k in range(K)],
+                     "split_ece": _np_ece(right, conf, bins, group >= 0)}
         preds[name] = pred
     wrong = preds["teacher"] != y
     out["wrong"] = [int(np.sum(wrong & (group == k))) for k in range(K)]
-    out["repeat"] = [np.sum(wrong & (group == k) & (preds["student"] == preds["teacher"]))
-                     / max(out["wrong"][k], 1) for k in range(K)]
+    same = preds["student"] == preds["teacher"]
+    out["repeat"] = [np.sum(wrong & (group == k) & same) / max(out["wrong"][k], 1)
+                     for k in range(K)]
+    out["split_repeat"] = np.sum(wrong & same) / wrong.sum()
     return out
 
 
@@ -86,6 +94,7 @@ def _assert_metrics_match(metrics, ref, prefix, name, slack=0.0):
     _assert_close(metrics[f"{prefix}bucket_accuracy"], ref[name]["accuracy"], slack)
     np.testing.assert_allclose(metrics[f"{prefix}bucket_nll"], ref[name]["nll"], rtol=1e-5)
     _assert_close(metrics[f"{prefix}bucket_ece"], ref[name]["ece"], slack)
+    _assert_close(metrics[f"{prefix}ece"], ref[name]["split_ece"], np.max(slack))
 
 
 def test_bucket_sums_and_metrics_match_numpy_with_padding_excluded():
@@ -115,6 +124,7 @@ def test_bucket_sums_and_metrics_match_numpy_with_padding_excluded():
     _assert_metrics_match(metrics, ref, "", "student")
     _assert_metrics_match(metrics, ref, "teacher_", "teacher")
     _assert_close(metrics["bucket_error_repeat"], ref["repeat"], 0.0)
+    _assert_close(metrics["error_repeat"], ref["split_repeat"], 0.0)
     assert 0 < float(sums["bucket_repeated"].sum()) < float(sums["bucket_teacher_wrong"].sum())
     # without a teacher: the student's sums alone
     alone = token_bias.bucket_sums(student, None, targets, weights, table)
@@ -132,7 +142,8 @@ def test_bucket_report_without_a_scratch_student_names_the_largest_gap():
                "student_bucket_nll": [0.6, 2.5, 3.5, 6.0],
                "teacher_bucket_ece": [0.01, 0.02, 0.03, 0.04],
                "student_bucket_ece": [0.02, 0.03, 0.04, 0.05],
-               "bucket_error_repeat": [0.5, 0.4, 0.3, 0.25]}
+               "bucket_error_repeat": [0.5, 0.4, 0.3, 0.25], "error_repeat": 0.4,
+               "teacher_ece": 0.03, "student_ece": 0.04}
     report = bias.bucket_report(summary)
     assert report["bucket_largest_gap"] == "rare"  # gaps 0, 0.1, 0.05, 0.15
     rows = report["token_buckets"]
@@ -141,6 +152,8 @@ def test_bucket_report_without_a_scratch_student_names_the_largest_gap():
     assert rows[1]["nll"] == {"teacher": 2.0, "student": 2.5}
     assert rows[3]["teacher_error_repeat_share"] == {"student": 0.25}
     assert "scratch_gap" not in rows[0]
+    assert report["teacher_error_repeat_share"] == {"student": 0.4}
+    assert report["ece"] == {"teacher": 0.03, "student": 0.04}
     assert bias.rare_tokens_line(report) == (
         "rare tokens (460 ids, 25% of training tokens): token acc teacher 0.2000, distilled "
         "0.0500; the distilled student repeats 25.0% of the teacher's errors")
@@ -224,6 +237,8 @@ def test_demo_summary_carries_the_bucket_report_recomputed_with_numpy(demo):
     slack = 1 / np.maximum(ref["student"]["wrong"], 1)
     _assert_close(summary["bucket_error_repeat"], ref["student"]["repeat"], slack)
     _assert_close(summary["scratch_bucket_error_repeat"], ref["scratch"]["repeat"], slack)
+    for name, key in (("student", "error_repeat"), ("scratch", "scratch_error_repeat")):
+        _assert_close(summary[key], ref[name]["split_repeat"], np.max(slack))
     # the whole-split figures are the token-weighted means of the buckets'
     tokens = np.asarray(summary["student_bucket_tokens"])
     assert summary["student_accuracy"] == pytest.approx(
@@ -238,6 +253,9 @@ def test_demo_summary_carries_the_bucket_report_recomputed_with_numpy(demo):
     assert rare["teacher_error_repeat_share"] == {
         "student": summary["bucket_error_repeat"][-1],
         "scratch": summary["scratch_bucket_error_repeat"][-1]}
+    assert report["teacher_error_repeat_share"] == {"student": summary["error_repeat"],
+                                                    "scratch": summary["scratch_error_repeat"]}
+    assert report["ece"] == {m: summary[f"{m}_ece"] for m in ("teacher", "scratch", "student")}
     growth = [r["gap_growth"] for r in report["token_buckets"]]
     assert report["bucket_gap_grew_most"] == bias.TOKEN_BUCKETS[int(np.argmax(growth))]
     assert experiment.comparison_table(summary).splitlines()[-1] == bias.rare_tokens_line(report)
