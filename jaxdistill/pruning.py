@@ -13,7 +13,12 @@ step (`jaxdistill.step.student_update`):
      and a pruned weight's momentum is zero.
 Pruned weights are zero, so they rank lowest at the next mask update: a pruned weight stays
 pruned. Prunable parameters are the leaves named in `pruning.params` (default: 'kernel', the
-weights of dense and conv layers; not biases, norms or embeddings) with at least 2 axes.
+weights of dense and conv layers; not biases, norms or embeddings) with at least 2 axes. For a
+model that declares its `KERNELS` ({name: input axis}; the decoder LM: its blocks' projections
+q, k, v, o and MLP gate, up, down), 'kernel' stands for those; its embedding and output head
+stay dense (as in SparseGPT and Wanda), and N:M groups run along each kernel's declared input
+axis (the attention output o [heads, head_dim, dim]: along head_dim, the fast axis of its
+flattened fan-in).
 
 Written here rather than taken from jaxpruner: jaxpruner does not install beside the pinned
 stack of this project.
@@ -44,16 +49,27 @@ class PruningSpec:
     n: int
     m: int
     params: tuple[str, ...]
+    input_axes: tuple[tuple[str, int], ...] = ()  # (name, input axis) where it is not -2
+
+    def input_axis(self, name: str) -> int:
+        """The axis of parameter `name` that N:M groups run along (its input features)."""
+        return dict(self.input_axes).get(name, -2)
 
 
 def spec(config) -> PruningSpec | None:
-    """The run's pruning, or None when `config.student.pruning.method` is 'none'."""
+    """The run's pruning, or None when `config.student.pruning.method` is 'none'; 'kernel' in
+    `params` resolved to the student's declared `KERNELS` where its class has them."""
+    from jaxdistill.quantization import declared_kernels
     p = config.student.pruning
     if p.method == "none":
         return None
+    declared = declared_kernels(config.student.model, config.student.kwargs) or {}
+    names = tuple(dict.fromkeys(
+        resolved for name in p.params
+        for resolved in (declared if name == "kernel" and declared else (name,))))
     return PruningSpec(p.method, float(p.sparsity), float(p.initial_sparsity), p.scope,
                        int(p.start_step), int(p.end_step), int(p.frequency), int(p.n), int(p.m),
-                       tuple(p.params))
+                       names, tuple((n, declared[n]) for n in names if n in declared))
 
 
 def check_config(config) -> None:
@@ -112,7 +128,7 @@ def select(tree, keys) -> dict:
 
 def check_layers(s: PruningSpec | None, params) -> None:
     """ValueError naming the field when `s` prunes nothing or N:M does not divide a layer's
-    input axis (the groups of m run along axis -2 of a kernel: its input features)."""
+    input axis (the groups of m run along a kernel's input features: `PruningSpec.input_axis`)."""
     if s is None:
         return
     leaves = prunable(params, s.params)
@@ -122,9 +138,10 @@ def check_layers(s: PruningSpec | None, params) -> None:
                          "with 2 or more axes to prune")
     if s.method == "nm":
         for key, x in leaves.items():
-            if x.shape[-2] % s.m:
+            inputs = x.shape[s.input_axis(_name(key))]
+            if inputs % s.m:
                 raise ValueError(f"{f}.m={s.m} does not divide the input axis of '{key}' "
-                                 f"(shape {tuple(x.shape)}: {x.shape[-2]} inputs); choose an m "
+                                 f"(shape {tuple(x.shape)}: {inputs} inputs); choose an m "
                                  f"that divides every pruned layer or leave it out of {f}.params")
 
 
@@ -176,20 +193,20 @@ def magnitude_masks(weights: dict, sparsity, scope: str) -> dict:
     return out
 
 
-def nm_mask(w, n: int, m: int):
+def nm_mask(w, n: int, m: int, axis: int = -2):
     """The N:M mask of a kernel: in each group of `m` consecutive weights along its input
-    axis (-2), the `n` largest |w| are kept (ties broken by position)."""
-    x = jnp.moveaxis(jnp.abs(w).astype(jnp.float32), -2, -1)
+    `axis`, the `n` largest |w| are kept (ties broken by position)."""
+    x = jnp.moveaxis(jnp.abs(w).astype(jnp.float32), axis, -1)
     groups = x.reshape(*x.shape[:-1], x.shape[-1] // m, m)
     rank = jnp.argsort(jnp.argsort(-groups, axis=-1, stable=True), axis=-1)
-    return jnp.moveaxis((rank < n).reshape(x.shape), -1, -2)
+    return jnp.moveaxis((rank < n).reshape(x.shape), -1, axis)
 
 
 def new_masks(s: PruningSpec, params, step) -> dict:
     """The masks `s` gives the student's current `params` at `step`."""
     weights = prunable(params, s.params)
     if s.method == "nm":
-        return {k: nm_mask(w, s.n, s.m) for k, w in weights.items()}
+        return {k: nm_mask(w, s.n, s.m, s.input_axis(_name(k))) for k, w in weights.items()}
     return magnitude_masks(weights, target_sparsity(s, step), s.scope)
 
 

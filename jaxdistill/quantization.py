@@ -11,6 +11,14 @@
 - ``'int4_weights'``: int4 weights (symmetric per output channel, qwix's [-7.5, 7.5] grid),
   float activations (weight-only).
 
+Which ops: every dense / conv / einsum op of a classifier. A model that declares its
+``KERNELS`` (the decoder LM: its blocks' attention projections q, k, v, o and SwiGLU gate, up,
+down) has exactly the products of an activation with one of those weights quantized (W8A8 of
+the linear layers, as SmoothQuant and LLM.int8() quantize them); the attention products of two
+activations (q k^T, p v), the embedding lookup and the output head (tied: the embedding) stay
+float, as GPTQ and AWQ keep the embedding and the head in high precision. The head then runs
+the same float product inside ``__call__`` or chunk by chunk outside it (``config.lm.chunk_size``).
+
 Training runs the student through ``qwix.QtProvider`` (Jacob et al. 2018, "Quantization and
 Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference"): the forward pass
 quantizes the float latent weights and the activations and multiplies integers; the backward
@@ -28,6 +36,7 @@ of an image hits ties on every pixel when its grid is offset by half a step (e.g
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -36,6 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 import qwix
 from flax import nnx
+from qwix._src.utils.flax_util import find_param  # qwix's own weight lookup (by identity)
+
+from jaxdistill.models.registry import resolved_kwargs
 
 NONE = "none"
 SCHEMES = ("none", "int8", "int4_weights")
@@ -60,26 +72,46 @@ def check_scheme(scheme: str, field: str = "config.student.quantization") -> Non
                      f"; the supported width is {supported}; or 'none'")
 
 
+def declared_kernels(model_name: str, kwargs=()) -> dict[str, int] | None:
+    """The `KERNELS` {parameter name: input axis} the class of registered model `model_name`
+    declares (the decoder LM's projections and MLP), or None (its kernels are its dense /
+    conv layers' 'kernel')."""
+    return getattr(resolved_kwargs(model_name, dict(kwargs))[0], "KERNELS", None)
+
+
 def check_config(config) -> None:
     """`check_scheme` of config.student.quantization, plus what it cannot be combined with."""
     scheme = config.student.get("quantization", NONE)
     check_scheme(scheme)
-    if scheme != NONE and int(config.lm.chunk_size):
+    if (scheme != NONE and int(config.lm.chunk_size)
+            and declared_kernels(config.student.model, config.student.kwargs) is None):
         raise ValueError("config.student.quantization: a chunked step calls the student's output "
                          "head outside its quantized __call__; set config.lm.chunk_size=0 or "
                          "config.student.quantization='none'")
 
 
 class QatProvider(qwix.QtProvider):
-    """`qwix.QtProvider` that takes the left operand of every dot_general as an activation.
+    """`qwix.QtProvider` that takes the left operand of every dot_general as an activation,
+    and, given `kernels` (parameter names), quantizes only the products whose right operand
+    is one of those parameters (the rest run in float).
 
     qwix tells a weight from an activation by identity, then by shape alone: the activation
     [B, d] entering a square d x d layer has its kernel's shape when B = d, and qwix 0.1.8 then
     stops on 'lhs and rhs cannot be both weights'. Every model here multiplies activations by
     weights on the right (x @ W, attention's q @ k^T of two activations, a tied head's h @ E^T).
+    The model runs with JAX's jit disabled inside (qwix's `disable_jit`): a jitted wrapper such
+    as `jnp.matmul` (`x @ W`) is otherwise traced once per shape and its cached program reused,
+    so a second layer of the same shapes (SwiGLU's up after gate, every later block) would skip
+    the interception and run in float.
     """
 
+    def __init__(self, rules, kernels=None):
+        super().__init__(rules, disable_jit=True)  # see the class doc
+        self.kernels = None if kernels is None else frozenset(kernels)
+
     def _create_dot_general_qt_config(self, rule, op_id, lhs, rhs):
+        if self.kernels is not None and find_param(rhs) not in self.kernels:
+            rule = dataclasses.replace(rule, weight_qtype=None, act_qtype=None)
         return super()._create_dot_general_qt_config(rule, op_id, _ACTIVATION, rhs)
 
 
@@ -108,7 +140,7 @@ def qat_model(model: nnx.Module, scheme: str, input_shape, input_dtype=jnp.float
     `qwix.QtProvider`; the model itself for 'none'. Its state is the float model's."""
     if scheme == NONE:
         return model
-    return qwix.quantize_model(model, QatProvider(rules(scheme)),
+    return qwix.quantize_model(model, QatProvider(rules(scheme), getattr(model, "KERNELS", None)),
                                _sample(input_shape, input_dtype), train=False)
 
 

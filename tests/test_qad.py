@@ -250,6 +250,8 @@ def test_tflite_refuses_an_int4_student(student):
 def test_what_a_quantized_student_cannot_be_combined_with_and_the_float_teacher():
     lm = _config(**{"task": "causal_lm", "student.model": "lm_tiny", "data.name": "pystdlib",
                     "data.seq_len": 64, "lm.chunk_size": 16, "student.quantization": "int8"})
+    validate.check_config(lm)  # the decoder's head stays float: chunked or not, the same
+    lm.student.model = "bert_tiny"  # a token model without KERNELS: all of it quantized
     with pytest.raises(ValueError, match=r"^config.student.quantization: a chunked step calls "
                                          r"the student's output head .*chunk_size=0"):
         validate.check_config(lm)

@@ -17,7 +17,7 @@ runs in ``dtype``; parameters are float32 and carry logical axis names (see
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -226,6 +226,11 @@ class Decoder(nnx.Module):
     """
 
     INPUT_KIND = "tokens"
+    # The weights quantization and pruning act on (jaxdistill.quantization, jaxdistill.pruning),
+    # by name -> input (fan-in) axis: the blocks' attention projections and SwiGLU MLP. The
+    # embedding and the output head stay float and dense, as GPTQ, SparseGPT and Wanda leave them.
+    KERNELS: ClassVar[dict[str, int]] = {"q": 0, "k": 0, "v": 0, "o": 1, "gate": 0, "up": 0,
+                                         "down": 0}
 
     def __init__(self, dim: int, depth: int, heads: int, kv_heads: int, mlp_dim: int,
                  head_dim: int | None = None, tie_embeddings: bool = True,

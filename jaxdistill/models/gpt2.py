@@ -12,7 +12,7 @@ position table, which no preset shards). Parameters are float32; compute runs in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +92,8 @@ class GPT2(decoder.Decoder):
     branches in train mode. Called, decoded and featured as ``decoder.Decoder`` (``hidden``
     = ``last_hidden`` is the final LayerNorm's output); positions index the position table
     and restart per packed document."""
+
+    KERNELS: ClassVar[dict[str, int]] = {"q": 0, "k": 0, "v": 0, "o": 1, "fc": 0, "proj": 0}
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, max_seq_len: int,
                  norm_eps: float = 1e-5, activation: str = "gelu_new", dropout: float = 0.0,
