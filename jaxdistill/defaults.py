@@ -75,7 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.student.pruning.frequency = 100  # steps between mask updates (dt)
     c.student.pruning.n = 2         # nm: weights kept per group of m along a kernel's input axis
     c.student.pruning.m = 4         # nm: group size (must divide every pruned layer's inputs)
-    c.student.pruning.params = ("kernel",)  # names of the parameters pruned (dense/conv kernels)
+    c.student.pruning.params = ("kernel",)  # names of the parameters pruned ('kernel': dense/conv kernels; a decoder's KERNELS)
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.model = ""            # registry name; '' = no teacher (plain supervised training)
