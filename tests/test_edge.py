@@ -127,7 +127,11 @@ def test_pareto_front():
 
 def test_workdir_without_a_distillation_run_is_refused(report):
     root = report[0]
-    with pytest.raises(ValueError, match="holds no finished distillation run"):
+    with pytest.raises(ValueError) as e:
         edge.discover(str(root / "teacher"))
-    with pytest.raises(ValueError, match="no such directory"):
+    assert str(e.value) == (
+        f"--workdir={root / 'teacher'} holds no finished distillation run (a run whose "
+        "config.teacher.checkpoint names its teacher)")
+    with pytest.raises(ValueError) as e:
         edge.discover(str(root / "missing"))
+    assert str(e.value) == f"--workdir={root / 'missing'}: no such directory"

@@ -7,6 +7,7 @@ at k = V, and the refusals (another teacher, sequence length, terms, task, bad f
 import copy
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -363,17 +364,36 @@ def test_a_store_for_another_run_or_term_is_refused(config, full_store, tmp_path
         with pytest.raises(ValueError, match=message):
             prepare_run(bad)
     other = _save_random_teacher(str(tmp_path / "other_teacher"), 2)
-    with pytest.raises(ValueError, match=r"was not written for this run: teacher checkpoint"):
+    with pytest.raises(ValueError) as e:
         load_teachers(prepare_run(_set(stored, **{"teacher.checkpoint": other})))
-    with pytest.raises(ValueError, match=r"--features=\['hidden'\]: a token store holds"):
+    digest = full_store.source["teacher_params_sha256"][:12]
+    assert re.fullmatch(re.escape(
+        f"config.teacher.store='{full_store.path}' was not written for this run: teacher "
+        f"checkpoint: teacher_params_sha256 is {digest}... in the store but ") + "[0-9a-f]{12}"
+        + re.escape(f"... (config.teacher.checkpoint='{other}') in this run. Write a store for "
+                    "it with `python -m jaxdistill.teacher_store --config=... --store=NEW_DIR` "
+                    "(same config and overrides), or run the teacher online "
+                    "(config.teacher.store='')"), str(e.value)), str(e.value)
+    with pytest.raises(ValueError) as e:
         write_store(config, str(tmp_path / "never"), features=("hidden",))
-    with pytest.raises(ValueError, match=r"--top_k=513: must be in \[0, 512\]"):
+    assert str(e.value) == (
+        "--features=['hidden']: a token store holds the teacher's top-k log-probabilities "
+        "only; drop --features")
+    with pytest.raises(ValueError) as e:
         write_store(config, str(tmp_path / "never"), top_k=513)
+    assert str(e.value) == "--top_k=513: must be in [0, 512] (0 = all tokens)"
     assert not os.path.exists(tmp_path / "never")
-    with pytest.raises(ValueError, match="is not a teacher store"):
+    with pytest.raises(ValueError) as e:
         open_store(str(tmp_path), "causal_lm")
-    with pytest.raises(ValueError, match="is a language model's token store, which task "
-                       "'classification' cannot use"):
+    assert str(e.value) == (
+        f"config.teacher.store='{tmp_path}' is not a teacher store (no store.json; an "
+        "interrupted write leaves none); write one with `python -m jaxdistill.teacher_store "
+        "--config=... --store=DIR`")
+    with pytest.raises(ValueError) as e:
         open_store(full_store.path, "classification")
+    assert str(e.value) == (
+        f"config.teacher.store='{full_store.path}' is a language model's token store, which "
+        "task 'classification' cannot use; write one for this config with `python -m "
+        "jaxdistill.teacher_store`")
     assert TokenStoreLayout(64, 65536, 8).dtype["ids"].base == np.uint16
     assert TokenStoreLayout(64, 65537, 8).dtype["ids"].base == np.int32

@@ -131,5 +131,8 @@ def test_bad_spaces_are_refused_in_one_line(change, message):
 def test_another_space_in_the_same_workdir_is_refused(swept):
     config, _, workdir, _, _ = swept
     other = sweep.parse_space({**SPACE, "trials": 4}, config)
-    with pytest.raises(ValueError, match="holds a sweep of another config or space"):
+    with pytest.raises(ValueError) as e:
         sweep.run_sweep(config, other, workdir, log=lambda _: None)
+    assert str(e.value) == (
+        f"{workdir} holds a sweep of another config or space; use a new --workdir (or the same "
+        "config and --space to resume it)")
