@@ -28,7 +28,6 @@ Writes <out>/compress_lm.json and <out>/compress_lm.md (also printed).
 from __future__ import annotations
 
 import copy
-import json
 import os
 import sys
 
@@ -36,6 +35,7 @@ from absl import app, flags, logging
 
 from benchmarks import lm_perplexity as lmp
 from benchmarks.accuracy import load_config
+from benchmarks.qad import write_result
 from jaxdistill import quantization
 from jaxdistill.experiment import scratch_config, teacher_config
 from jaxdistill.run_setup import prepare_run
@@ -161,10 +161,8 @@ def run_benchmark(c, seeds: int, scheme: str, sparsity: float, out: str, header:
         result = {**header, "student": c.student.model, "teacher": c.teacher.model,
                   "teacher_perplexity": teacher["student_perplexity"], "teacher_run": teacher,
                   "runs": records, "per_seed": per_seed, "aggregate": aggregate(per_seed)}
-        with open(os.path.join(out, "compress_lm.json"), "w") as f:
-            json.dump(result, f, indent=1)
-    with open(os.path.join(out, "compress_lm.md"), "w") as f:
-        f.write(markdown(result))
+        write_result(out, "compress_lm", result)
+    write_result(out, "compress_lm", result, markdown(result))
     return result
 
 
