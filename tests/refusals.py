@@ -7,6 +7,7 @@ returns the message so that the caller compares all of it, not a prefix.
 """
 
 import os
+import re
 
 import pytest
 from jax_events import JaxEvents
@@ -39,3 +40,16 @@ def refusal(call, *directories, error=ValueError) -> str:
     for directory, was in zip(directories, before):
         assert tree(directory) == was, (message, directory)
     return message
+
+
+def store_of_another_teacher(store, checkpoint: str) -> re.Pattern:
+    """The refusal of `store` (a TeacherStore) for a run whose teacher is `checkpoint`'s, not
+    the one it was written with; the other teacher's digest is its one unknown."""
+    stored = store.source["teacher_params_sha256"][:12]
+    return re.compile(re.escape(
+        f"config.teacher.store='{store.path}' was not written for this run: teacher "
+        f"checkpoint: teacher_params_sha256 is {stored}... in the store but ") + "[0-9a-f]{12}"
+        + re.escape(f"... (config.teacher.checkpoint='{checkpoint}') in this run. Write a store "
+                    "for it with `python -m jaxdistill.teacher_store --config=... "
+                    "--store=NEW_DIR` (same config and overrides), or run the teacher online "
+                    "(config.teacher.store='')"))
