@@ -258,6 +258,7 @@ def train_population(config, workdir: str) -> dict:
     pop = prepare_population(config)
     setup = pop.setup
     run_record.check(config, workdir)
+    teacher = train.load_teachers(setup)  # a teacher (store) that does not fit: nothing written
     os.makedirs(workdir, exist_ok=True)
     dirs = [os.path.join(workdir, MEMBERS_DIR, str(i)) for i in range(pop.size)]
     writer = MetricWriter(workdir)
@@ -267,7 +268,6 @@ def train_population(config, workdir: str) -> dict:
                                       best_mode=setup.task.best_mode)
     watch = PreemptionWatch()
     try:
-        teacher = train.load_teachers(setup)
         train_fn, eval_fn = compile_steps(pop)
         restored = ckpts.restore_newest(pop.abstract_states, log=writer.print)
         if restored is None:
