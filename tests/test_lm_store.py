@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import load_config, set_fields
 from flax import nnx
-from refusals import store_of_another_teacher
+from refusals import refusal, store_of_another_teacher
 
 from jaxdistill import checkpoint, data, losses, terms
 from jaxdistill.data.source import tfds_builder
@@ -355,14 +355,20 @@ def test_a_store_for_another_run_or_term_is_refused(config, full_store, tmp_path
         {"weight": 1.0, "student_feature": "block0", "teacher_feature": "block0"})})
     cases = [
         (_set(stored, **{"data.seq_len": 64, "lm.chunk_size": 16}),
-         "holds windows of 32 positions over 512 tokens, but the dataset has 64 over 512"),
-        (hint, "config.objective.hint: loss 'hint' needs the teacher's features"),
+         (f"config.teacher.store='{full_store.path}' holds windows of 32 positions over 512 "
+          "tokens, but the dataset has 64 over 512 (config.data.seq_len / vocab_size); write a "
+          "store for this config with `python -m jaxdistill.teacher_store`")),
+        (hint, ("config.objective.hint: loss 'hint' needs the teacher's features, which a token "
+                "store (config.teacher.store) does not hold; use ['ce', 'fkl', 'jsd', 'kd', "
+                "'rkl', 'skl', 'srkl', 'tvd'] or run the teacher online "
+                "(config.teacher.store='')")),
         (_set(stored, **{"objective.kd.standardize": True}),
-         "config.objective.kd.standardize: standardising needs all"),
+         ("config.objective.kd.standardize: standardising needs all of the teacher's logits, "
+          "not a token store's top k; set it to False or run the teacher online "
+          "(config.teacher.store='')")),
     ]
     for bad, message in cases:
-        with pytest.raises(ValueError, match=message):
-            prepare_run(bad)
+        assert refusal(lambda b=bad: prepare_run(b)) == message
     other = _save_random_teacher(str(tmp_path / "other_teacher"), 2)
     with pytest.raises(ValueError) as e:
         load_teachers(prepare_run(_set(stored, **{"teacher.checkpoint": other})))

@@ -232,20 +232,26 @@ def test_a_mismatched_store_is_refused_naming_what_differs(full_store, kd_config
     check_store(full_store, kd_config, sha, info=info)  # the store's own run: accepted
     assert full_store.fingerprint == expected_fingerprint(kd_config, sha, info=info)
     other = teacher_sha256({"params": {"w": np.ones(3, np.float32)}, "batch_stats": {}})
+    stored = full_store.source["teacher_params_sha256"][:12]
     cases = [
-        (kd_config, other, r"teacher checkpoint: teacher_params_sha256"),
+        (kd_config, other, (f"teacher checkpoint: teacher_params_sha256 is {stored}... in the "
+                            f"store but {other[:12]}... (config.teacher.checkpoint="
+                            f"'{kd_config.teacher.checkpoint}') in this run")),
         (_set(kd_config, **{"data.train_split": "test"}), sha, (
-            r"dataset/split: split is train in the store but test.*"
-            r"dataset/split: num_examples is 1437 in the store but 360")),
-        (_set(kd_config, **{"data.mean": (0.5,)}), sha, r"preprocessing: mean is \[0\.0\]"),
+            "dataset/split: split is train in the store but test in this run; dataset/split: "
+            "num_examples is 1437 in the store but 360 in this run")),
+        (_set(kd_config, **{"data.mean": (0.5,)}), sha,
+         "preprocessing: mean is [0.0] in the store but [0.5] in this run"),
         (_set(kd_config, **{"data.std": (0.3,)}), sha,
-         r"preprocessing: std is \[1\.0\] in the store but \[0\.3\]"),
+         "preprocessing: std is [1.0] in the store but [0.3] in this run"),
     ]
-    for config, digest, message in cases:
+    for config, digest, what in cases:
         assert expected_fingerprint(config, digest, info=info) != full_store.fingerprint
-        with pytest.raises(ValueError, match=r"config\.teacher\.store='.*' was not written for "
-                           r"this run: .*" + message):
-            check_store(full_store, config, digest, info=info)
+        assert refusal(lambda c=config, d=digest: check_store(full_store, c, d, info=info)) == (
+            f"config.teacher.store='{full_store.path}' was not written for this run: {what}. "
+            "Write a store for it with `python -m jaxdistill.teacher_store --config=... "
+            "--store=NEW_DIR` (same config and overrides), or run the teacher online "
+            "(config.teacher.store='')")
 
 
 def test_augmentation_with_a_store_is_refused(full_store, kd_config, tmp_path):
@@ -324,12 +330,15 @@ def test_hook_feeds_the_rows_of_each_index_on_8_devices(full_store, online):
     def short(batch):
         return {"x": np.zeros(3)}
 
-    for hook, message in ((clash, r"returned \['label'\], which the batch already has"),
-                          (short, r"field 'x' has shape \(3,\); its leading axis must be")):
-        with pytest.raises(ValueError, match=message):
+    for hook, message in (
+            (clash, "extra_fields returned ['label'], which the batch already has"),
+            (short, ("extra_fields: field 'x' has shape (3,); its leading axis must be the host "
+                     "batch's 120 rows"))):
+        with pytest.raises(ValueError) as e:
             next(iter(data.make_eval_iterator(info, split="train", reader="grain",
                                               global_batch_size=120, sharding=sharding,
                                               extra_fields=hook)))
+        assert str(e.value) == message
 
 
 def test_hook_with_the_tf_reader(full_store):
