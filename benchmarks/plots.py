@@ -184,7 +184,9 @@ def per_class_plot(suite: dict, path: str) -> None:
     ax.set_xticks(range(classes))
     ax.set_xlabel("class")
     ax.set_ylabel("top-1 accuracy (%), last eval")
-    ax.set_title(f"{suite['title']}: per-class accuracy\n{_over(suite)}", fontsize=9)
+    n = len(suite["seeds"])
+    ax.set_title(f"{suite['title']}: per-class accuracy\nmean over {n} seed{'s' * (n > 1)}",
+                 fontsize=9)
     ax.legend(fontsize=8, ncol=len(rows), loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
