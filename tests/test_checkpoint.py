@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import types
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from refusals import refusal
 
 from jaxdistill import checkpoint, parallel
 from jaxdistill.metrics import progress_line
@@ -163,12 +165,12 @@ def intact_teacher(tmp_path_factory):
 # keep_digests=False: as an older version wrote it (no sha256.json, nothing to compare with).
 TEACHER_DAMAGE = [
     ("flipped", lambda d: _flip(_data_file(d)), True,
-     "is damaged: the files of its 'model' item differ from the SHA-256 recorded"),
+     "is damaged: the files of its 'model' item differ from the SHA-256 recorded when it was saved"),
     ("truncated", lambda d: os.truncate(_data_file(d), 10), True,
-     "is damaged: the files of its 'model' item differ from the SHA-256 recorded"),
+     "is damaged: the files of its 'model' item differ from the SHA-256 recorded when it was saved"),
     ("missing", shutil.rmtree, True, "is damaged: its 'model' item is missing"),
     ("truncated, no digests", lambda d: os.truncate(_data_file(d), 10), False,
-     "is unreadable ("),
+     "is unreadable (<the reader's error>)"),
     ("missing, no digests", shutil.rmtree, False, "is damaged: has no 'model' item"),
     ("no metadata, no digests", lambda d: os.remove(os.path.join(d, "_METADATA")), False,
      "is damaged: has no readable metadata in its 'model' item"),
@@ -185,14 +187,12 @@ def test_a_damaged_teacher_is_refused_in_one_line(intact_teacher, tmp_path, dama
     if not keep_digests:
         os.remove(step_dir / checkpoint.DIGESTS)
     damage(str(step_dir / "model"))
-    with pytest.raises(ValueError) as e:
-        checkpoint.load_teacher(str(teacher), _teacher_vars())
-    message = str(e.value)
-    assert message.startswith(f"config.teacher.checkpoint: the teacher checkpoint '{step_dir}' "
-                              f"{problem}"), message
-    assert message.endswith("; retrain the teacher into a new workdir or point "
-                            "config.teacher.checkpoint at an intact copy")
-    assert "\n" not in message
+    message = refusal(lambda: checkpoint.load_teacher(str(teacher), _teacher_vars()))
+    expected = (f"config.teacher.checkpoint: the teacher checkpoint '{step_dir}' {problem}; "
+                "retrain the teacher into a new workdir or point config.teacher.checkpoint at "
+                "an intact copy")
+    assert re.fullmatch(re.escape(expected).replace(re.escape("<the reader's error>"), ".+"),
+                        message), message
 
 
 def test_an_intact_teacher_loads_and_one_without_digests_loads_saying_so(intact_teacher, tmp_path,
