@@ -1,8 +1,8 @@
-"""The accuracy benchmark: one tiny real run end to end (digits, the methods suite with one
-method and one seed, a few steps, on the 8 host CPU devices of conftest: its JSON fields, the
-scratch student with the teacher's jitter, the Markdown table and the PNG plots), and the
-Hinton suite's plan with synthetic records over 3 seeds, whose summaries are recomputed here
-with NumPy and pinned to hand values."""
+"""The accuracy benchmark: one tiny real run end to end (digits, the Hinton suite with one
+seed, a few steps, on the 8 host CPU devices of conftest: its JSON fields, the scratch student
+with the teacher's jitter, the Markdown table and the PNG plots), and the Hinton (3 seeds, a
+teacher each) and methods (2 seeds, one shared teacher) plans with synthetic records, whose
+summaries are recomputed here with NumPy; the statistics pinned to hand values."""
 
 import json
 import os
@@ -18,7 +18,6 @@ from conftest import ROOT
 from benchmarks import accuracy_plan, accuracy_report, accuracy_run, accuracy_stats, plots
 from jaxdistill.data.source import OFFLINE_BUILDERS, TEXT_BUILDERS
 
-METHOD = "kd"
 DIGITS_TEST = 360  # scikit-learn digits: the last 36 of each class
 RECORD_FIELDS = ("suite", "name", "role", "seed", "method", "workdir", "dataset", "model",
                  "augment", "last_step", "last_accuracy", "best_step", "best_accuracy", "evals",
@@ -34,12 +33,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """`python -m benchmarks.accuracy --quick` on the methods suite: teacher, scratch,
-    scratch_jitter and kd, seed 0, a tenth of the quick steps."""
+    """`python -m benchmarks.accuracy --quick` on the Hinton suite: teacher, scratch,
+    scratch_jitter and distilled, seed 0, a tenth of the quick steps."""
     out = tmp_path_factory.mktemp("accuracy")
     proc = subprocess.run([sys.executable, "-m", "benchmarks.accuracy", "--quick",
-                           "--suite=methods", f"--methods={METHOD}", "--seeds=1",
-                           "--steps_scale=0.1", "--compilation_cache=", f"--out={out}"],
+                           "--suite=hinton", "--seeds=1", "--steps_scale=0.1",
+                           "--compilation_cache=", f"--out={out}"],
                           check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / "accuracy.json") as f:
@@ -47,18 +46,21 @@ def tiny(tmp_path_factory):
     return result, out, proc.stdout
 
 
-def _hinton_records(suite, rng):
-    """Plausible records for the runs of a hinton suite plan (1,000 test examples, 100 a
-    class), shaped as `measure` writes them, without training anything."""
+BASE_ACCURACY = {"teacher": 0.95, "scratch": 0.90, "scratch_jitter": 0.94, "distilled": 0.93,
+                 "kd": 0.93, "at": 0.91}
+
+
+def _records(suite, rng):
+    """Plausible records for the runs of a suite plan (1,000 test examples, 100 a class),
+    shaped as `measure` writes them, without training anything."""
     records = []
     for run in suite.runs:
-        base = {"teacher": 0.95, "scratch": 0.90, "scratch_jitter": 0.94,
-                "distilled": 0.93}[run.name]
-        correct = np.clip(rng.normal(100 * base, 2.0, 10).round(), 0, 100).astype(int)
+        correct = np.clip(rng.normal(100 * BASE_ACCURACY[run.name], 2.0, 10).round(), 0, 100)
+        correct = correct.astype(int)
         last = float(correct.sum()) / 1000
         records.append({
-            "suite": "hinton", "name": run.name, "role": run.role, "seed": run.seed,
-            "method": "distilled" if run.role == "student" else None,
+            "suite": suite.name, "name": run.name, "role": run.role, "seed": run.seed,
+            "method": run.name if run.role == "student" else None,
             "workdir": run.workdir, "external": False, "dataset": "mnist5k",
             "model": run.config.student.model, "steps": run.config.num_steps,
             "augment": run.config.data.augment,
@@ -74,17 +76,27 @@ def _hinton_records(suite, rng):
     return records
 
 
-@pytest.fixture(scope="module")
-def hinton(tmp_path_factory, tiny):
-    """The hinton suite's plan (3 seeds, each with its own teacher) with synthetic records,
-    summarised, rendered and plotted by the benchmark's own functions."""
-    out = tmp_path_factory.mktemp("hinton")
-    (suite,) = accuracy_plan.build_suites("hinton", None, 3, out=str(out))
+def _synthetic(out, tiny, suite_name, methods, seeds):
+    """The plan of `suite_name` with synthetic records, summarised, rendered and plotted by
+    the benchmark's own functions."""
+    (suite,) = accuracy_plan.build_suites(suite_name, methods, seeds, out=str(out))
     result = {k: v for k, v in tiny[0].items() if k not in ("suites", "plots", "throughput")}
-    result["suites"] = {"hinton": accuracy_stats.suite_result(
-        suite, _hinton_records(suite, np.random.default_rng(0)))}
+    result["suites"] = {suite_name: accuracy_stats.suite_result(
+        suite, _records(suite, np.random.default_rng(0)))}
     result = accuracy_report.finish_report(result, str(out), log=lambda _: None)
     return suite, result, out
+
+
+@pytest.fixture(scope="module")
+def hinton(tmp_path_factory, tiny):
+    """The hinton suite's plan: 3 seeds, each with its own teacher."""
+    return _synthetic(tmp_path_factory.mktemp("hinton"), tiny, "hinton", None, 3)
+
+
+@pytest.fixture(scope="module")
+def methods(tmp_path_factory, tiny):
+    """The methods suite's plan: kd and at over 2 seeds, one teacher shared by all."""
+    return _synthetic(tmp_path_factory.mktemp("methods"), tiny, "methods", ["kd", "at"], 2)
 
 
 def _std(values):
@@ -117,15 +129,15 @@ def test_statistics_by_hand():
 
 def test_records_have_every_run_and_field(tiny):
     result, _, _ = tiny
-    assert set(result["suites"]) == {"methods"}
+    assert set(result["suites"]) == {"hinton"}
     assert result["flags"]["seeds"] == 1 and result["environment"]["device_count"] == 8
-    methods = result["suites"]["methods"]["runs"]
-    # one shared teacher (seed 0), then: scratch, scratch with the teacher's jitter, the method
-    assert [(r["name"], r["role"]) for r in methods] == [
+    runs = result["suites"]["hinton"]["runs"]
+    # the seed's teacher, then: scratch, scratch with the teacher's jitter, the distilled one
+    assert [(r["name"], r["role"]) for r in runs] == [
         ("teacher", "teacher"), ("scratch", "scratch"), ("scratch_jitter", "baseline"),
-        (METHOD, "student")]
-    assert [r["augment"] for r in methods] == ["jitter", "none", "jitter", "none"]
-    for r in methods:
+        ("distilled", "student")]
+    assert [r["augment"] for r in runs] == ["jitter", "none", "jitter", "none"]
+    for r in runs:
         for field in RECORD_FIELDS:
             assert field in r, (r["name"], field)
         assert r["dataset"] == "digits" and r["eval_examples"] == DIGITS_TEST
@@ -143,31 +155,33 @@ def test_records_have_every_run_and_field(tiny):
             assert 0 <= r["agreement"] <= 1
         if r["role"] == "student":  # the trainer's eval computed the same agreement
             assert r["agreement"] == pytest.approx(r["agreement_from_run"], abs=1e-9)
-    teacher = methods[0]
-    assert all(r["teacher_workdir"] == teacher["workdir"] for r in methods[1:])
-    assert teacher["params"] > methods[1]["params"] == methods[2]["params"]
-    with open(os.path.join(methods[2]["workdir"], accuracy_run.RUN_CONFIG)) as f:
+    teacher = runs[0]
+    assert all(r["teacher_workdir"] == teacher["workdir"] for r in runs[1:])
+    assert teacher["params"] > runs[1]["params"] == runs[2]["params"] == runs[3]["params"]
+    with open(os.path.join(runs[2]["workdir"], accuracy_run.RUN_CONFIG)) as f:
         jitter = json.load(f)
-    with open(os.path.join(methods[1]["workdir"], accuracy_run.RUN_CONFIG)) as f:
+    with open(os.path.join(runs[1]["workdir"], accuracy_run.RUN_CONFIG)) as f:
         scratch = json.load(f)
     assert sorted(accuracy_run._diff(scratch, jitter)) == ["data.augment"]
 
 
-@pytest.mark.parametrize("suite", ["methods", "hinton"])
-def test_summaries_match_the_per_seed_records(tiny, hinton, suite):
-    s = (hinton[1] if suite == "hinton" else tiny[0])["suites"][suite]
+@pytest.mark.parametrize("which", ["run", "hinton", "methods"])
+def test_summaries_match_the_per_seed_records(tiny, hinton, methods, which):
+    result = {"run": tiny[0], "hinton": hinton[1], "methods": methods[1]}[which]
+    (s,) = result["suites"].values()
     runs, rows = s["runs"], {r["name"]: r for r in s["rows"]}
-    names = list(HINTON_NAMES) if suite == "hinton" else [
-        "teacher", "scratch", "scratch_jitter", METHOD]
+    names = ["teacher", "scratch", "scratch_jitter", "kd", "at"] if which == "methods" else list(
+        HINTON_NAMES)
     assert [r["name"] for r in s["rows"]] == names
     teachers = {r["workdir"]: r for r in runs if r["role"] == "teacher"}
     scratch = {r["seed"]: r for r in runs if r["name"] == "scratch"}
-    seeds = 1 if suite == "methods" else 3
+    seeds = {"run": 1, "hinton": 3, "methods": 2}[which]
     for name in names:
         row, recs = rows[name], [r for r in runs if r["name"] == name]
         for field in ROW_FIELDS:
             assert field in row, (name, field)
-        assert row["n"] == len(recs) == seeds
+        shared = name == "teacher" and which == "methods"
+        assert row["n"] == len(recs) == (1 if shared else seeds)
         for field in ("last_accuracy", "best_accuracy", "errors"):
             values = [r[field] for r in recs]
             assert row[f"{field}_mean"] == pytest.approx(np.mean(values), abs=1e-12)
@@ -219,21 +233,48 @@ def test_markdown_and_plots_of_the_run(tiny):
     md = (out / "accuracy.md").read_text()
     assert md.strip() in stdout  # the tables printed are the file written
     table_rows = [line for line in md.splitlines() if line.startswith("| ")]
-    rows = {r["name"]: r for r in result["suites"]["methods"]["rows"]}
-    for name in (METHOD, "teacher (cnn)", "scratch (cnn)", "scratch_jitter (cnn)"):
-        assert any(line.startswith(f"| {name} |") for line in table_rows), name
-    jitter = next(line for line in table_rows if line.startswith("| scratch_jitter (cnn) |"))
-    assert accuracy_report._gap(rows["scratch_jitter"]) in [c.strip() for c in jitter.split("|")]
-    for c in range(10):  # the per-class table
-        assert any(line.startswith(f"| {c} |") for line in table_rows), c
+    rows = {r["name"]: r for r in result["suites"]["hinton"]["rows"]}
+    for name, model in (("teacher", "mlp_teacher"), ("scratch", "mlp_student"),
+                        ("scratch_jitter", "mlp_student"), ("distilled", "mlp_student")):
+        line = next(line for line in table_rows if line.startswith(f"| {name} ({model}) |"))
+        assert accuracy_report._gap(rows[name]) in [c.strip() for c in line.split("|")]
+    assert any(line.startswith("| seed 0 |") for line in table_rows)
     assert "throughput plot skipped" in md
     assert any("throughput plot skipped" in n for n in result["notes"])
-    assert set(result["plots"]) == {"methods_accuracy", "methods_accuracy_vs_params",
-                                    "methods_per_class"}
+    assert set(result["plots"]) == {"hinton_accuracy", "hinton_accuracy_vs_params",
+                                    "hinton_per_class", "hinton_errors"}
     for name in result["plots"].values():
         width, height = _png_size(out / name)
         assert width > 200 and height > 200
     assert not (out / "throughput.png").exists()
+
+
+def test_methods_report(methods):
+    suite, result, out = methods
+    # one teacher (seed 0) shared by every student; per seed: scratch, scratch_jitter, methods
+    assert [(r.name, r.seed) for r in suite.runs] == [("teacher", 0)] + [
+        (n, s) for s in range(2) for n in ("scratch", "scratch_jitter", "kd", "at")]
+    assert all(r.teacher is suite.runs[0] for r in suite.runs[1:])
+    md = (out / "accuracy.md").read_text()
+    table_rows = [line for line in md.splitlines() if line.startswith("| ")]
+    s = result["suites"]["methods"]
+    for r in s["rows"]:
+        label = r["name"] if r["role"] == "student" else f"{r['name']} (cnn)"
+        line = next(line for line in table_rows if line.startswith(f"| {label} |"))
+        assert accuracy_report._gap(r) in [c.strip() for c in line.split("|")]
+    for c in range(10):  # the per-class table, a column per model
+        line = next(line for line in table_rows if line.startswith(f"| {c} |"))
+        assert [cell.strip() for cell in line.split("|")[2:-1]] == [
+            f"{100 * r['per_class_accuracy_mean'][c]:.1f}" for r in s["rows"]]
+    best = max((r for r in s["rows"] if r["role"] == "student"),
+               key=lambda r: r["last_accuracy_mean"])
+    assert [r["name"] for r in plots.per_class_rows(s)] == [
+        "teacher", "scratch", "scratch_jitter", best["name"]]
+    assert f"the best student, {best['name']} " in md
+    assert set(result["plots"]) == {"methods_accuracy", "methods_accuracy_vs_params",
+                                    "methods_per_class"}
+    for name in result["plots"].values():
+        _png_size(out / name)
 
 
 def test_hinton_plan_and_report(hinton):
@@ -290,17 +331,6 @@ def test_hinton_plan_and_report(hinton):
     for name in result["plots"].values():
         _png_size(out / name)
     assert [r["name"] for r in plots.per_class_rows(s)] == list(HINTON_NAMES)
-
-
-def test_per_class_plot_compares_the_best_student(tiny):
-    s = json.loads(json.dumps(tiny[0]["suites"]["methods"]))
-    other = dict(s["rows"][-1], name="dkd")
-    s["rows"].append(other)
-    for accuracy, best in ((other["last_accuracy_mean"] + 0.01, "dkd"),
-                           (other["last_accuracy_mean"] - 0.01, METHOD)):
-        other["last_accuracy_mean"] = accuracy
-        assert [r["name"] for r in plots.per_class_rows(s)] == [
-            "teacher", "scratch", "scratch_jitter", best]
 
 
 def test_report_adds_the_throughput_plot(tiny, tmp_path):
