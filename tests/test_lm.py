@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, device_env, load_config, set_fields
 from flax import nnx
+from jax_events import JaxEvents
 
 from jaxdistill import checkpoint, data, losses
 from jaxdistill import train as train_module
@@ -54,8 +55,8 @@ def lm_config(objective=None, **overrides):
 
 
 def quick(fn, *args):
-    """`fn` compiled for `args` at XLA's backend optimisation level 0: the tests' own programs
-    (references, the chunk comparison) compile ~3x faster; the trainer's keep the default."""
+    """`fn` compiled ahead of time for `args` at XLA's backend optimisation level 0 (the
+    level conftest sets for every program of the suite)."""
     return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})
 
 
@@ -559,14 +560,17 @@ def lm_run(tmp_path_factory, lm_init, teacher_dir):
     workdir = str(tmp / "run")
     config = run_config(teacher_dir, **{**MESH_3D, "lm.chunk_size": 16})
     try:
-        with pytest.MonkeyPatch.context() as patch:
+        with pytest.MonkeyPatch.context() as patch, JaxEvents() as seen:
             patch.setattr(checkpoint, "RunCheckpoints", SpyCheckpoints)
             patch.setattr(train_module, "compile_steps", spy_compile)
             summary = train_and_evaluate(config, workdir)
-        submesh = run_steps(run_config(teacher_dir, **{
-            "lm.chunk_size": 16, "mesh.teacher_devices": 4, "mesh.student_rule": "fsdp_tensor",
-            "mesh.teacher_rule": "fsdp"}), jax.tree.leaves(lm_init["state"]), steps=3)
-        traces = [f._cache_size() for f in (*compiled[0], *submesh[1].jitted)]
+            submesh = run_steps(run_config(teacher_dir, **{
+                "lm.chunk_size": 16, "mesh.teacher_devices": 4,
+                "mesh.student_rule": "fsdp_tensor", "mesh.teacher_rule": "fsdp"}),
+                jax.tree.leaves(lm_init["state"]), steps=3)
+        # compilations, not traces: prepare_run's abstract check traces train_step too
+        traces = [seen.compiles[f"jit({f})"] for f in ("train_step", "eval_step",
+                                                        "teacher_step", "student_update")]
         stdout, stderr = proc.communicate(timeout=600)
     finally:
         proc.kill()
@@ -601,10 +605,10 @@ def test_teacher_submesh_equals_the_same_mesh_run(lm_run):
     _assert_metrics_close(metrics, lm_run["one_device"][:3])
 
 
-def test_train_and_eval_steps_trace_once(lm_run):
+def test_train_and_eval_steps_compile_once(lm_run):
     """The trainer's jitted train step (6 steps) and eval step (3 evaluations of 9 batches,
     the last one padded), and the sub-mesh run's teacher and student programs (3 steps):
-    one trace each."""
+    one compilation each."""
     assert len(lm_run["compiled"]) == 1  # compile_steps once per run
     assert lm_run["traces"] == [1, 1, 1, 1]
     assert len(_records(lm_run["workdir"], "eval")) == 3
