@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import load_config, set_fields
 from flax import nnx
+from refusals import refusal
 
 from jaxdistill import checkpoint, data, onpolicy, seqkd
 from jaxdistill.data.prompt_rows import rows
@@ -238,18 +239,26 @@ def test_seqkd_dataset_is_the_teachers_completions_written_once(tmp_path, teache
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"onpolicy.lambda_": 1.5}, "config.onpolicy.lambda_ must be a probability"),
-    ({"onpolicy.top_p": 0.0}, "config.onpolicy.top_p must be in"),
-    ({"data.name": "pystdlib_functions"}, "set config.data.name to one of"),
-    ({"teacher.model": "", "objective": {"ce": {"weight": 1.0}}}, "must run online"),
+    ({"onpolicy.lambda_": 1.5}, "config.onpolicy.lambda_ must be a probability in [0, 1], got 1.5"),
+    ({"onpolicy.top_p": 0.0}, "config.onpolicy.top_p must be in (0, 1] (1: off), got 0.0"),
+    ({"data.name": "pystdlib_functions"},
+     ("config.onpolicy.lambda_=1.0 samples completions of prompts: set config.data.name to one "
+      "of ['pystdlib_function_rows'] (one prompt per row), not 'pystdlib_functions'")),
+    ({"teacher.model": "", "objective": {"ce": {"weight": 1.0}}},
+     ("config.onpolicy.lambda_=1.0: the teacher scores the student's samples, so it must run "
+      "online (a config.teacher.model, no config.teacher.store)")),
     ({"seqkd.enabled": True, "data.name": "pydoc_topics", "onpolicy.lambda_": 0.0},
-     "config.seqkd.enabled completes the prompts"),
-    ({"seqkd.temperature": 0.0}, "config.seqkd.temperature must be > 0"),
-    ({"population.size": 2}, "samples from one student"),
+     ("config.seqkd.enabled completes the prompts of a rows dataset: set "
+      "config.data.name='pystdlib_function_rows', not 'pydoc_topics'")),
+    ({"seqkd.temperature": 0.0},
+     "config.seqkd.temperature must be > 0 (or set config.seqkd.greedy=True), got 0.0"),
+    ({"population.size": 2},
+     ("config.onpolicy.lambda_=1.0 samples from one student; a population "
+      "(config.population.size > 0) trains on the dataset: set config.onpolicy.lambda_=0 or "
+      "config.population.size=0")),
 ])
 def test_bad_settings_are_refused_before_compiling(fields, message):
     config = op_config()
     with config.unlocked():
         set_fields(config, **fields)
-    with pytest.raises(ValueError, match=message):
-        prepare_run(config, teacher_checkpoint_required=False)
+    assert refusal(lambda: prepare_run(config, teacher_checkpoint_required=False)) == message
