@@ -58,7 +58,7 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 if not __package__:  # python benchmarks/accuracy.py: its modules are the package's
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -78,17 +78,16 @@ from benchmarks.accuracy_plan import (
 )
 from benchmarks.accuracy_report import _pct, _table, finish_report, markdown
 from benchmarks.accuracy_run import (
-    _quiet_read_only,
     enable_compilation_cache,
     environment,
     measure,
     run_suites,
 )
 from benchmarks.accuracy_stats import mean_std
+from jaxdistill import logs
 
 # what the benchmarks built on this one (edge, pruning, qad, lm_*) import from it
-__all__ = ["Run", "Suite", "_distilled", "_finish", "_locked", "_pct", "_quiet_read_only",
-           "_table", "enable_compilation_cache", "environment", "load_config", "mean_std",
+__all__ = ["Run", "Suite", "_distilled", "_finish", "_locked", "_pct", "_table", "enable_compilation_cache", "environment", "load_config", "mean_std",
            "measure", "validate"]
 
 FLAGS = flags.FLAGS
@@ -130,8 +129,7 @@ def main(argv):
         raise app.UsageError("--out=DIR is required (results and the runs' work dirs go there)")
     out = os.path.abspath(FLAGS.out)
     if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax's per-save INFO lines drown the progress
-        logging.get_absl_logger().addFilter(_quiet_read_only)
+        logs.quiet_library_logs()  # Orbax's per-save INFO lines would drown the progress
     if FLAGS.compilation_cache and not FLAGS.report_only:
         enable_compilation_cache(os.path.join(out, "jax_cache")
                                  if FLAGS.compilation_cache == "auto" else FLAGS.compilation_cache)

@@ -231,12 +231,6 @@ def run_suites(suites: list[Suite], out: str, *, flags_used: dict, command: str,
     return finish_report(result, out, throughput_json, log=log)
 
 
-def _quiet_read_only(record) -> bool:
-    """Drops Orbax's warnings that a read-only manager (every teacher load) is read-only."""
-    message = record.getMessage()
-    return not ("read_only=True" in message or "Given directory is read only" in message)
-
-
 def enable_compilation_cache(directory: str) -> None:
     """JAX's persistent compilation cache in `directory`, for every program however small."""
     os.makedirs(directory, exist_ok=True)

@@ -40,9 +40,9 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
-from jaxdistill import checkpoint
+from jaxdistill import checkpoint, logs
 from jaxdistill import export as ex
 from jaxdistill.generate import read_config
 from jaxdistill.sweep_report import pareto_front
@@ -332,8 +332,7 @@ def main(argv):
         if not FLAGS[name].value:
             raise app.UsageError(f"--{name} is required")
     if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-        logging.get_absl_logger().addFilter(acc._quiet_read_only)
+        logs.quiet_library_logs()  # Orbax's per-save INFO lines would drown the progress
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     try:
         result = report(FLAGS.workdir, os.path.abspath(FLAGS.out), formats=FLAGS.formats,

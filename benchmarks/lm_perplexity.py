@@ -56,11 +56,11 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from benchmarks.accuracy import _quiet_read_only, enable_compilation_cache
-from jaxdistill import checkpoint, run_record, validate
+from benchmarks.accuracy import enable_compilation_cache
+from jaxdistill import checkpoint, logs, run_record, validate
 from jaxdistill.experiment import merge_summaries, scratch_config, teacher_config
 from jaxdistill.run_setup import prepare_run
 from jaxdistill.train import SUMMARY, train_and_evaluate
@@ -515,6 +515,8 @@ def run_benchmark(runs: list[Run], out: str, *, header: dict, log=print) -> dict
 
 def main(argv):
     del argv  # validate.flags_parser refuses arguments that are not flags
+    if not FLAGS["verbosity"].present:
+        logs.quiet_library_logs()  # before planning: preparing the data logs TFDS notices
     with validate.reported(PROG):
         if not FLAGS.out:
             raise ValueError("--out is required; give --out=DIR (results and the runs' work "
@@ -529,9 +531,6 @@ def main(argv):
         seeds = FLAGS.seeds if (FLAGS["seeds"].present or not FLAGS.quick) else QUICK_SEEDS
         out = os.path.abspath(os.path.expanduser(FLAGS.out))
         runs = plan(config, seeds, out)
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax's per-save INFO lines drown the progress
-        logging.get_absl_logger().addFilter(_quiet_read_only)
     if FLAGS.compilation_cache:
         enable_compilation_cache(os.path.join(out, "jax_cache")
                                  if FLAGS.compilation_cache == "auto" else FLAGS.compilation_cache)

@@ -32,9 +32,9 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
-from jaxdistill import checkpoint, pruning
+from jaxdistill import checkpoint, logs, pruning
 from jaxdistill.experiment import scratch_config, teacher_config
 from jaxdistill.run_setup import prepare_run
 
@@ -216,8 +216,7 @@ def main(argv):
         raise app.UsageError("--out=DIR is required")
     out = os.path.abspath(FLAGS.out)
     if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-        logging.get_absl_logger().addFilter(acc._quiet_read_only)
+        logs.quiet_library_logs()  # Orbax's per-save INFO lines would drown the progress
     if FLAGS.compilation_cache:
         acc.enable_compilation_cache(os.path.join(out, "jax_cache")
                                      if FLAGS.compilation_cache == "auto"

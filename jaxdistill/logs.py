@@ -27,6 +27,15 @@ class _DropNoise(logging.Filter):
         return not any(n in message for n in NOISE)
 
 
+def quiet_library_logs() -> None:
+    """absl's records at WARNING or above, without the known noise (`NOISE`): a benchmark's
+    quiet terminal (benchmarks keep no log file)."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    absl_logging.get_absl_logger().addFilter(_DropNoise())
+
+
 class RunLog:
     """The handlers of one command: `quiet()` at start, `to_file(workdir)` once accepted."""
 

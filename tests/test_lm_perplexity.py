@@ -176,10 +176,10 @@ def test_a_changed_config_is_refused_before_anything_runs(quick):
     proc = _bench("--quick", f"--out={out}", "--config.objective.kd.temperature=2.0",
                   check=False)
     assert proc.returncode == 1
-    assert "benchmarks.lm_perplexity: error:" in proc.stderr
-    assert ("config.objective.kd.temperature: changed since this workdir was started"
-            in proc.stderr)
-    assert str(out / "seed0" / "distilled") in proc.stderr
+    assert proc.stderr.strip().splitlines() == [(
+        f"benchmarks.lm_perplexity: error: {out / 'seed0' / 'distilled'} holds a different run: "
+        "config.objective.kd.temperature: changed since this workdir was started (1.0 -> 2.0); "
+        "use a new --workdir or restore the old value")]
     assert _state(out) == before
     with open(out / "lm_perplexity.json") as f:
         assert f.read() == result_before
