@@ -841,6 +841,7 @@ def _flag_error(e, flag_values, config, config_flag: str) -> str:
     if not m:
         return one_line(text)
     name, value, reason = m.groups()
+    reason = re.sub(r"^\('(.+?)', .*\)$", r"\1", reason, flags=re.DOTALL)  # absl's bool error
     if "must have a value other than None" in reason:
         return f"--{name} is required; give --{name}=... ({one_line(flag_values[name].help)})"
     if config is not None and name.startswith(f"{config_flag}."):

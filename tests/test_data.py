@@ -189,7 +189,8 @@ def test_bad_arguments_name_the_config_field(mnist, sharding, monkeypatch):
         "config.data.reader='torch': expected one of ['grain', 'tf']")
     assert refusal(lambda: make_train_iterator(mnist, split="train", seed=0,
                                                **{**kw, "global_batch_size": 8000})) == (
-        "config.batch_size=8000 exceeds the 4000 examples of mnist5k[train]")
+        "config.batch_size=8000 exceeds the 4000 examples of mnist5k[train]; set it to at most "
+        "4000")
     monkeypatch.setattr(jax, "process_count", lambda: 3)
     assert refusal(lambda: make_train_iterator(mnist, split="train", seed=0, **kw)) == (
         "config.batch_size=80 must be a positive multiple of jax.process_count()=3")

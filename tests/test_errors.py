@@ -68,8 +68,8 @@ ARGV = [
      ("config.num_steps: cannot set it to 'abc' (invalid literal for int() with base 10: "
       "'abc'); give an integer like its value in the config, 12")),
     ("value not a bool", [*DIGITS, "--config.baseline=maybe"],
-     ("config.baseline: cannot set it to 'maybe' (('Non-boolean argument to boolean flag', "
-      "'maybe')); give True or False like its value in the config, True")),
+     ("config.baseline: cannot set it to 'maybe' (Non-boolean argument to boolean flag); "
+      "give True or False like its value in the config, True")),
     # the config file and the argument after its colon
     ("no such file", ["--config=configs/digit_kd.py", "--workdir=<workdir>"],
      "--config=configs/digit_kd.py: no such file; did you mean configs/digits_kd.py?"),

@@ -341,7 +341,8 @@ PREPARE_ERRORS = [  # (data fields, the message; <junk>: not a tokenizer; <topic
                              "a string at line 1 column 2)")),
     ({"tokenizer": "TOPICS", "vocab_size": 600}, ("config.data.tokenizer='<topics>' has 512 "
                                                   "tokens, but config.data.vocab_size=600")),
-    ({"name": ""}, "config.data.name must be a dataset name, got ''"),
+    ({"name": ""}, ("config.data.name must be a dataset name, got ''; e.g. 'mnist5k' or "
+                    "'pystdlib' (both offline)")),
 ]
 
 

@@ -130,7 +130,7 @@ def make_train_iterator(
     if global_batch_size > info.splits[split]:
         raise ValueError(
             f"config.batch_size={global_batch_size} exceeds the {info.splits[split]} examples "
-            f"of {info.name}[{split}]"
+            f"of {info.name}[{split}]; set it to at most {info.splits[split]}"
         )
     local = READERS[reader].train_batches(
         info, split, global_batch_size, seed, position, jax.process_index(), jax.process_count(),

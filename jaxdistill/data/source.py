@@ -168,6 +168,7 @@ def prepare_from_config(data_cfg) -> DatasetInfo:
     `TEXT_OPTIONS` it has (absent ones take `prepare`'s defaults)."""
     name = data_cfg.name
     if not isinstance(name, str) or not name:
-        raise ValueError(f"config.data.name must be a dataset name, got {name!r}")
+        raise ValueError(f"config.data.name must be a dataset name, got {name!r}; e.g. "
+                         "'mnist5k' or 'pystdlib' (both offline)")
     options = {k: data_cfg[k] for k in TEXT_OPTIONS if k in data_cfg}
     return prepare(name, data_cfg.get("data_dir") or None, **options)
