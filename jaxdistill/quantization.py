@@ -158,6 +158,9 @@ def integer_model(model: nnx.Module, scheme: str, input_shape, input_dtype=jnp.f
     `qwix.PtqProvider`; its forward pass equals the QAT forward pass."""
     if scheme == NONE:
         raise ValueError("integer_model: scheme 'none' has no integer form")
+    if getattr(model, "KERNELS", None) is not None:  # PtqProvider would quantize every product
+        raise ValueError(f"integer_model: a {type(model).__name__} student has no integer form "
+                         "here (its QAT quantizes its KERNELS only); export takes classifiers")
     return qwix.quantize_model(model, qwix.PtqProvider(rules(scheme)),
                                _sample(input_shape, input_dtype), train=False)
 

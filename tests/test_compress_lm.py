@@ -7,13 +7,15 @@ are quantized (the attention products, the embedding and the tied head float); a
 pruned by magnitude on the cubic schedule trains, is resumed from its step-2 checkpoint to the
 same parameters, and keeps its pruned weights exactly zero (the embedding dense); N:M groups
 run along each kernel's declared input axis; bad combinations are refused in one line with
-nothing written; export refuses an LM workdir (tests/test_export.py)."""
+nothing written; export refuses an LM workdir (tests/test_export.py) and `integer_model` an LM
+student."""
 
 import json
 import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import load_config, set_fields
@@ -22,8 +24,9 @@ from refusals import refusal
 from test_decoder import _np_forward, _np_rms, _np_rope
 
 import jaxdistill as jd
-from jaxdistill import checkpoint, data, pruning
+from jaxdistill import checkpoint, data, pruning, quantization
 from jaxdistill.experiment import scratch_config
+from jaxdistill.models import build_model
 from jaxdistill.models.decoder import Decoder
 from jaxdistill.run_setup import prepare_run
 from jaxdistill.train import data_seed
@@ -206,3 +209,11 @@ def test_bad_combinations_are_refused_in_one_line_before_anything_is_written(tmp
     workdir = tmp_path / "run"
     assert refusal(lambda: jd.train_and_evaluate(lm_config(**fields), str(workdir)),
                    workdir) == message
+
+
+def test_no_integer_form_for_an_lm_student():
+    lm = nnx.eval_shape(lambda: build_model("lm_tiny", num_classes=V, input_shape=(L,),
+                                            rngs=nnx.Rngs(0)))
+    assert refusal(lambda: quantization.integer_model(lm, "int8", (L,), jnp.int32)) == (
+        "integer_model: a Decoder student has no integer form here (its QAT quantizes its "
+        "KERNELS only); export takes classifiers")
