@@ -17,7 +17,8 @@ Per run: the held-out perplexity and next-token accuracy (summary.json); over se
 sample std, and on how many seeds QAD beats PTQ and QAT, and pruned + KD beats pruned + CE.
 
 Runs are `benchmarks.lm_perplexity` runs: a finished run is read back, one made with another
-config is refused.
+config is refused; the quantized runs' folders are per scheme (`qad_int8`), so a rerun with
+another `--scheme` reuses the teacher, the float and the pruned students.
 
   python -m benchmarks.compress_lm --out=/tmp/compress_lm --seeds=2 --steps=300
   python -m benchmarks.compress_lm --out=/tmp/compress_lm_quick --quick   # lm_tiny, seconds
@@ -98,7 +99,8 @@ def plan(c, seeds: int, scheme: str, sparsity: float, out: str) -> list[lmp.Run]
         configs = {"kd_float": kd, "qad": quantized, "qat": scratch_config(quantized),
                    "pruned_kd": pruned(kd, sparsity), "pruned_ce": pruned(scratch_config(kd),
                                                                           sparsity)}
-        runs += [lmp.Run(name, seed, cfg, os.path.join(out, f"seed{seed}", name))
+        runs += [lmp.Run(name, seed, cfg, os.path.join(  # a quantized run's folder: per scheme
+            out, f"seed{seed}", f"{name}_{scheme}" if name in ("qad", "qat") else name))
                  for name, cfg in configs.items()]
     return runs
 
