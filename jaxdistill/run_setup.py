@@ -27,7 +27,7 @@ from jaxdistill.flops import dot_conv_flops, program_flops
 from jaxdistill.hf import check_teacher as check_hf_teacher
 from jaxdistill.hf import params as hf_params
 from jaxdistill.losses.chunked import check_chunk_size
-from jaxdistill.models import build_model, input_kind, logical_axes
+from jaxdistill.models import build_model, logical_axes
 from jaxdistill.objective import MEAN, PRIMARY, build_objective
 from jaxdistill.optim import make_optimizer
 from jaxdistill.state import TrainState
@@ -92,13 +92,7 @@ def model_factory(role_cfg, field: str, num_classes: int, input_shape, dtype, ta
     kind are checked here."""
     kwargs = dict(role_cfg.kwargs)
     if task is not None and role_cfg.model:
-        try:
-            kind = input_kind(role_cfg.model)
-        except ValueError as e:
-            raise ValueError(f"{field}.model: {e}") from None
-        if kind != task.input_kind:
-            raise ValueError(f"{field}.model: '{role_cfg.model}' takes {kind} inputs, but task "
-                             f"'{task.name}' needs a model of {task.input_kind}")
+        validate.check_model(role_cfg.model, f"{field}.model", task)
 
     def make(rngs):
         return build_model(role_cfg.model, num_classes=num_classes, input_shape=input_shape,

@@ -268,7 +268,7 @@ def _numbers(config, path: str, *, positive: bool = False, unit: bool = False) -
     return values
 
 
-def _model(name, field: str, task, allow_empty: bool = False) -> None:
+def check_model(name, field: str, task, allow_empty: bool = False) -> None:
     """`name` (at `field`) is a registry name whose model reads what `task` feeds it."""
     from jaxdistill.models import input_kind, model_names
     if allow_empty and name == "":
@@ -387,7 +387,7 @@ def _extra_teachers(config, task_cls) -> None:
             if not raw.get(key):
                 raise ValueError(f"{where}.{key} is missing; an extra teacher needs model=... "
                                  "and checkpoint=...")
-        _model(raw.model, f"{where}.model", task_cls)
+        check_model(raw.model, f"{where}.model", task_cls)
         if raw.get("dtype", "float32") not in DTYPES:
             raise unknown_choice(f"{where}.dtype", raw["dtype"], DTYPES)
 
@@ -456,8 +456,8 @@ def check_config(config) -> None:
         raise ValueError("config.lm.sample_prompt is empty, so there is nothing to continue; "
                          "give a prompt (e.g. 'def ') or set config.lm.sample_tokens = 0")
 
-    _model(config.student.model, "config.student.model", task_cls)
-    _model(config.teacher.model, "config.teacher.model", task_cls, allow_empty=True)
+    check_model(config.student.model, "config.student.model", task_cls)
+    check_model(config.teacher.model, "config.teacher.model", task_cls, allow_empty=True)
     from jaxdistill.tasks.cross_tokenizer import check_vocabularies
     check_vocabularies(config)  # different vocabularies need a cross-tokenizer term
     for role in ("student", "teacher"):
