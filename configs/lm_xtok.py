@@ -45,7 +45,7 @@ def get_config(arg=None):
 
     c.objective.ce.weight = 0.5
     c.objective.xtok_kl = {"weight": 0.5, "temperature": 1.0}
-    c.objective.uld = {"weight": 0.1, "temperature": 1.0}
+    c.objective.uld = {"weight": 0.01, "temperature": 1.0}  # 0.1 does worse (seed 100)
     c.lm.sample_tokens = 0         # the samples' sampler reads one tokenizer's runs
 
     if arg == "runlocal":
