@@ -18,6 +18,7 @@ import ml_collections
 from jaxdistill import bias, population, run_record, validate
 from jaxdistill.generate import generate_text
 from jaxdistill.logs import RUN_LOG
+from jaxdistill.population_config import drop_population
 from jaxdistill.run_setup import prepare_run
 from jaxdistill.tasks.cross_tokenizer import teacher_stage_config
 from jaxdistill.train import (
@@ -41,7 +42,7 @@ def teacher_config(config) -> ml_collections.ConfigDict:
         c.num_steps = config.teacher.train.num_steps
         c.optimizer.learning_rate = config.teacher.train.learning_rate
         c.data.augment = config.teacher.train.augment
-        c.population.size, c.population.members, c.population.axis = 0, (), ""
+        drop_population(c)
         c.objective = ml_collections.ConfigDict({"ce": {"weight": 1.0}})
         c.student.pruning.method = "none"  # the teacher trains dense
         if config.task == "cross_tokenizer":  # the teacher reads its own tokens
@@ -56,7 +57,7 @@ def scratch_config(config) -> ml_collections.ConfigDict:
         c.teacher.model, c.teacher.checkpoint, c.baseline = "", "", False
         c.onpolicy.lambda_, c.seqkd.enabled = 0.0, False  # on the dataset's completions
         c.objective = ml_collections.ConfigDict({"ce": {"weight": 1.0}})
-        c.population.size, c.population.members, c.population.axis = 0, (), ""
+        drop_population(c)
     return c
 
 

@@ -68,6 +68,12 @@ def overrides(config) -> list[dict]:
     return [dict(m) for m in members] if members else [{} for _ in range(config.population.size)]
 
 
+def drop_population(c: ml_collections.ConfigDict) -> None:
+    """Sets `c.population` (unlocked) to the base config's: a single run."""
+    from jaxdistill.defaults import base_config
+    c.population = copy.deepcopy(base_config().population)
+
+
 def member_configs(config) -> list[ml_collections.ConfigDict]:
     """The config of each member's equivalent separate run: `config` with the member's
     overrides, no population, and the shared data order made explicit (`data.seed`)."""
@@ -75,7 +81,7 @@ def member_configs(config) -> list[ml_collections.ConfigDict]:
     for member in overrides(config):
         c = copy.deepcopy(config)
         with c.unlocked():
-            c.population.size, c.population.members, c.population.axis = 0, (), ""
+            drop_population(c)
             if c.data.seed < 0:
                 c.data.seed = config.seed
             for key, value in sorted(member.items()):
