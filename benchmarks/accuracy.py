@@ -76,7 +76,7 @@ from benchmarks.accuracy_plan import (
     load_config,
     validate,
 )
-from benchmarks.accuracy_report import _pct, _table, finish_report, markdown
+from benchmarks.accuracy_report import _pct, _table, finish_report, markdown, write_report
 from benchmarks.accuracy_run import (
     enable_compilation_cache,
     environment,
@@ -88,7 +88,7 @@ from jaxdistill import logs
 
 # what the benchmarks built on this one (edge, pruning, qad, lm_*) import from it
 __all__ = ["Run", "Suite", "_distilled", "_finish", "_locked", "_pct", "_table", "enable_compilation_cache", "environment", "load_config", "mean_std",
-           "measure", "validate"]
+           "measure", "validate", "write_report"]
 
 FLAGS = flags.FLAGS
 

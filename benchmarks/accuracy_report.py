@@ -12,6 +12,7 @@ import os
 
 from benchmarks import plots
 from benchmarks.accuracy_stats import GAP_ROLES, gap_closed
+from jaxdistill import run_record
 
 
 def _pct(mean, std=None, digits=2, n=2) -> str:
@@ -181,12 +182,18 @@ def markdown(result: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_outputs(result: dict, out: str) -> None:
+def write_report(out: str, stem: str, result: dict, table: str | None = None) -> None:
+    """Writes `result` to <out>/<stem>.json and, given, the Markdown `table` to <out>/<stem>.md,
+    each replaced whole (an interrupted benchmark leaves the old file or the new)."""
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "accuracy.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(out, "accuracy.md"), "w") as f:
-        f.write(markdown(result))
+    run_record.write_atomically(os.path.join(out, f"{stem}.json"),
+                                json.dumps(result, indent=2) + "\n")
+    if table is not None:
+        run_record.write_atomically(os.path.join(out, f"{stem}.md"), table)
+
+
+def write_outputs(result: dict, out: str) -> None:
+    write_report(out, "accuracy", result, markdown(result))
 
 
 def load_throughput(path: str) -> list[dict]:

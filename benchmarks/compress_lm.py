@@ -35,8 +35,7 @@ import sys
 from absl import app, flags, logging
 
 from benchmarks import lm_perplexity as lmp
-from benchmarks.accuracy import load_config
-from benchmarks.qad import write_result
+from benchmarks.accuracy import load_config, write_report
 from jaxdistill import quantization
 from jaxdistill.experiment import scratch_config, teacher_config
 from jaxdistill.run_setup import prepare_run
@@ -163,8 +162,8 @@ def run_benchmark(c, seeds: int, scheme: str, sparsity: float, out: str, header:
         result = {**header, "student": c.student.model, "teacher": c.teacher.model,
                   "teacher_perplexity": teacher["student_perplexity"], "teacher_run": teacher,
                   "runs": records, "per_seed": per_seed, "aggregate": aggregate(per_seed)}
-        write_result(out, "compress_lm", result)
-    write_result(out, "compress_lm", result, markdown(result))
+        write_report(out, "compress_lm", result)
+    write_report(out, "compress_lm", result, markdown(result))
     return result
 
 

@@ -59,7 +59,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from benchmarks.accuracy import enable_compilation_cache
+from benchmarks.accuracy import enable_compilation_cache, write_report
 from jaxdistill import checkpoint, logs, run_record, validate
 from jaxdistill.experiment import merge_summaries, scratch_config, teacher_config
 from jaxdistill.run_setup import prepare_run
@@ -480,10 +480,7 @@ def build_result(runs: list[Run], records: list[dict], header: dict) -> dict:
 
 
 def write_outputs(result: dict, out: str) -> None:
-    os.makedirs(out, exist_ok=True)
-    run_record.write_atomically(os.path.join(out, "lm_perplexity.json"),
-                                json.dumps(result, indent=2) + "\n")
-    run_record.write_atomically(os.path.join(out, "lm_perplexity.md"), markdown(result))
+    write_report(out, "lm_perplexity", result, markdown(result))
 
 
 def run_benchmark(runs: list[Run], out: str, *, header: dict, log=print) -> dict:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import json
 import os
 import sys
 import time
@@ -175,11 +174,7 @@ def markdown(result: dict) -> str:
 
 
 def write(result: dict, out: str) -> None:
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "pruning.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(out, "pruning.md"), "w") as f:
-        f.write(markdown(result))
+    acc.write_report(out, "pruning", result, markdown(result))
 
 
 def run(runs: list[acc.Run], sparsities, out: str, *, command: str, flags_used: dict,

@@ -39,7 +39,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from benchmarks.accuracy import load_config
+from benchmarks.accuracy import load_config, write_report
 from jaxdistill import export, quantization
 from jaxdistill.experiment import scratch_config, teacher_config
 from jaxdistill.train import train_and_evaluate
@@ -184,18 +184,9 @@ def run_benchmark(c, seeds: int, schemes, out: str, header: dict, log=print) -> 
         result = {**header, "dataset": c.data.name, "teacher_model": t_cfg.student.model,
                   "teacher_accuracy": teacher["student_accuracy"], "teacher": teacher,
                   "runs": summaries, "per_seed": rows, "aggregate": aggregate(rows, schemes)}
-        write_result(out, "qad", result)
-    write_result(out, "qad", result, markdown(result))
+        write_report(out, "qad", result)
+    write_report(out, "qad", result, markdown(result))
     return result
-
-
-def write_result(out: str, stem: str, result: dict, table: str | None = None) -> None:
-    """Writes `result` to <out>/<stem>.json and, given, the Markdown `table` to <stem>.md."""
-    with open(os.path.join(out, f"{stem}.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    if table is not None:
-        with open(os.path.join(out, f"{stem}.md"), "w") as f:
-            f.write(table)
 
 
 def main(argv):
