@@ -32,11 +32,11 @@ import copy
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from benchmarks import lm_perplexity as lmp
 from benchmarks.accuracy import load_config, write_report
-from jaxdistill import quantization
+from jaxdistill import logs, quantization
 from jaxdistill.experiment import scratch_config, teacher_config
 from jaxdistill.run_setup import prepare_run
 from jaxdistill.train import evaluate_other_student
@@ -172,7 +172,7 @@ def main(argv):
     if not FLAGS.out:
         raise app.UsageError("--out is required")
     if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+        logs.quiet_library_logs()
     steps, t_steps = (4, 8) if FLAGS.quick else (FLAGS.steps, FLAGS.teacher_steps)
     c = base(steps, t_steps, FLAGS.quick)
     header = {"command": "python -m benchmarks.compress_lm " + " ".join(sys.argv[1:]),

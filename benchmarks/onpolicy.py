@@ -32,9 +32,9 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
-from jaxdistill import checkpoint, data, onpolicy, seqkd
+from jaxdistill import checkpoint, data, logs, onpolicy, seqkd
 from jaxdistill.experiment import teacher_config
 from jaxdistill.run_setup import prepare_run
 from jaxdistill.step import forward
@@ -155,7 +155,7 @@ def run(seeds: int, out: str, runlocal: bool) -> dict:
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)  # the runs' progress lines still print
+    logs.quiet_library_logs()  # the runs' progress lines still print
     result = run(FLAGS.seeds, FLAGS.out, FLAGS.runlocal)
     print(markdown(result))
 
