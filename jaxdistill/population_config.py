@@ -10,6 +10,7 @@ import json
 
 import ml_collections
 
+from jaxdistill.defaults import base_config, set_fields
 from jaxdistill.objective import MEAN
 from jaxdistill.terms import TERMS
 
@@ -52,15 +53,6 @@ def check_member_field(config, key: str) -> None:
                      "objective.<term>.<float field>")
 
 
-def _set(config, key: str, value) -> None:
-    *sections, leaf = key.split(".")
-    node = config
-    for name in sections:
-        node = node[name]
-    with node.unlocked():
-        node[leaf] = value
-
-
 def overrides(config) -> list[dict]:
     """Each member's overrides ({} for every member when `config.population.members` is
     empty)."""
@@ -70,7 +62,6 @@ def overrides(config) -> list[dict]:
 
 def drop_population(c: ml_collections.ConfigDict) -> None:
     """Sets `c.population` (unlocked) to the base config's: a single run."""
-    from jaxdistill.defaults import base_config
     c.population = copy.deepcopy(base_config().population)
 
 
@@ -84,8 +75,7 @@ def member_configs(config) -> list[ml_collections.ConfigDict]:
             drop_population(c)
             if c.data.seed < 0:
                 c.data.seed = config.seed
-            for key, value in sorted(member.items()):
-                _set(c, key, value)
+            set_fields(c, dict(sorted(member.items())))
         out.append(c)
     return out
 

@@ -55,6 +55,7 @@ from ml_collections import config_flags
 from optuna.trial import TrialState
 
 from jaxdistill import experiment, population, population_config, run_record, validate
+from jaxdistill.defaults import set_fields
 from jaxdistill.tasks import task_class
 
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
@@ -169,13 +170,7 @@ def load_space_file(path: str) -> dict:
 def group_config(config, group: dict):
     """The run config with a group's shape fields set."""
     c = copy.deepcopy(config)
-    with c.unlocked():
-        for field, value in group.items():
-            *sections, leaf = field.split(".")
-            node = c
-            for name in sections:
-                node = node[name]
-            node[leaf] = value
+    set_fields(c, group)
     return c
 
 
