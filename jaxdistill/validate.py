@@ -268,9 +268,14 @@ def _numbers(config, path: str, *, positive: bool = False, unit: bool = False) -
     return values
 
 
+def _a(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+
+
 def check_model(name, field: str, task, allow_empty: bool = False) -> None:
     """`name` (at `field`) is a registry name whose model reads what `task` feeds it."""
-    from jaxdistill.models import input_kind, model_names
+    from jaxdistill.models import model_names
+    from jaxdistill.models.registry import model_kind
     if allow_empty and name == "":
         return
     if name == "":
@@ -279,9 +284,11 @@ def check_model(name, field: str, task, allow_empty: bool = False) -> None:
         names = ", ".join(model_names())
         raise ValueError(f"{field}: unknown model {name!r}"
                          f"{options_hint(name, model_names(), 'available models:', names)}")
-    if input_kind(name) != task.input_kind:
-        raise ValueError(f"{field}: {name!r} takes {input_kind(name)} inputs, but task "
-                         f"'{task.name}' needs a model of {task.input_kind}")
+    if model_kind(name) != task.model_kind:
+        fitting = [m for m in model_names() if model_kind(m) == task.model_kind]
+        raise ValueError(f"{field}: {name!r} is {_a(model_kind(name))} model, but task "
+                         f"'{task.name}' trains {task.model_kind} models: "
+                         f"{', '.join(fitting)}")
 
 
 def model_keywords(name: str) -> tuple[str, ...]:

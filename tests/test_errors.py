@@ -334,8 +334,14 @@ CONFIGS = [
                                      "pydoc_topics, ...)")),
     ("lm", {"data.augment": "jitter"}, ("config.data.augment: 'jitter' augments images; task "
                                         "'causal_lm' reads tokens, so set it to 'none'")),
-    ("lm", {"student.model": "mlp"}, ("config.student.model: 'mlp' takes image inputs, but task "
-                                      "'causal_lm' needs a model of tokens")),
+    ("lm", {"student.model": "mlp"}, ("config.student.model: 'mlp' is an image model, but task "
+                                      "'causal_lm' trains decoder models: decoder, gpt2, lm_20m, lm_base, lm_small, lm_student, lm_teacher, lm_tiny")),
+    ("lm", {"student.model": "bert_tiny", "student.kwargs": {}},
+     ("config.student.model: 'bert_tiny' is an encoder model, but task 'causal_lm' trains "
+      "decoder models: decoder, gpt2, lm_20m, lm_base, lm_small, lm_student, lm_teacher, lm_tiny")),
+    ("minilm", {"student.model": "lm_tiny", "student.kwargs": {}},
+     ("config.student.model: 'lm_tiny' is a decoder model, but task 'sentence_embedding' "
+      "trains encoder models: bert_minilm_l2, bert_minilm_l6, bert_tiny")),
     ("lm", {"objective.crd": {"weight": 1.0}},
      ("config.objective.crd: loss 'crd' does not support task 'causal_lm'; it supports ['at', "
       "'ce', 'fkl', 'hint', 'jsd', 'kd', 'rkl', 'skl', 'srkl', 'tvd']")),

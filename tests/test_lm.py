@@ -859,17 +859,17 @@ BAD_INPUTS = [
       "config.data.vocab_size; teacher and student share the dataset's tokenizer: set it to 0"
       " (a teacher with its own: task 'cross_tokenizer')")),
     ("lm", {"student.model": "mlp_student"}, None,
-     ("config.student.model: 'mlp_student' takes image inputs, but task 'causal_lm' needs a "
-      "model of tokens")),
+     ("config.student.model: 'mlp_student' is an image model, but task 'causal_lm' trains "
+      "decoder models: decoder, gpt2, lm_20m, lm_base, lm_small, lm_student, lm_teacher, lm_tiny")),
     ("lm", {"teacher.model": "resnet20"}, None,
-     ("config.teacher.model: 'resnet20' takes image inputs, but task 'causal_lm' needs a "
-      "model of tokens")),
+     ("config.teacher.model: 'resnet20' is an image model, but task 'causal_lm' trains "
+      "decoder models: decoder, gpt2, lm_20m, lm_base, lm_small, lm_student, lm_teacher, lm_tiny")),
     ("lm", {"lm.chunk_size": 12}, None,
      ("config.lm.chunk_size (12) must be 0 (no chunking) or divide the sequence length 32; "
       "e.g. 8")),
     ("lm", {"lm.chunk_size": -16}, None,
      ("config.lm.chunk_size (-16) must be 0 (no chunking) or divide the sequence length 32; "
-      "e.g. 1")),
+      "e.g. 32")),
     ("lm", {"lm.sample_tokens": SAMPLE_ROOM + 1}, None,
      ("config.lm.sample_tokens (29) must be in [0, 28]: the prompt and the sample must fit in"
       " config.data.seq_len (32)")),
@@ -898,11 +898,11 @@ BAD_INPUTS = [
      ("config.mesh.teacher_rule: 'zero3' is unknown; choose one of ('replicated', 'fsdp', "
       "'tensor', 'fsdp_tensor')")),
     ("classification", {"student.model": "lm_tiny"}, None,
-     ("config.student.model: 'lm_tiny' takes tokens inputs, but task 'classification' needs a"
-      " model of image")),
+     ("config.student.model: 'lm_tiny' is a decoder model, but task 'classification' trains "
+      "image models: cnn, mlp, mlp_student, mlp_teacher, resnet110, resnet20, resnet32, resnet32x4, resnet56, resnet8x4, vit_small, vit_tiny, wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2")),
     ("classification", {"teacher.model": "lm_tiny"}, None,
-     ("config.teacher.model: 'lm_tiny' takes tokens inputs, but task 'classification' needs a"
-      " model of image")),
+     ("config.teacher.model: 'lm_tiny' is a decoder model, but task 'classification' trains "
+      "image models: cnn, mlp, mlp_student, mlp_teacher, resnet110, resnet20, resnet32, resnet32x4, resnet56, resnet8x4, vit_small, vit_tiny, wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2")),
     ("classification", {"lm.chunk_size": 16}, None,
      ("config.lm.chunk_size: chunking runs over a sequence; task 'classification' has none, "
       "so set it to 0")),

@@ -226,6 +226,7 @@ class Decoder(nnx.Module):
     """
 
     INPUT_KIND = "tokens"
+    CAUSAL = True  # registry.model_kind: a decoder (task causal_lm), not an encoder
     # The weights quantization and pruning act on (jaxdistill.quantization, jaxdistill.pruning),
     # by name -> input (fan-in) axis: the blocks' attention projections and SwiGLU MLP. The
     # embedding and the output head stay float and dense, as GPTQ, SparseGPT and Wanda leave them.

@@ -61,6 +61,15 @@ def input_kind(name: str) -> str:
     return _registered(name)[0].INPUT_KIND
 
 
+def model_kind(name: str) -> str:
+    """What the registered model ``name`` is: ``"image"``, or a token model's ``"decoder"``
+    (causal, ``CAUSAL = True``) or ``"encoder"`` (bidirectional); a task's ``model_kind``."""
+    cls = _registered(name)[0]
+    if cls.INPUT_KIND == "image":
+        return "image"
+    return "decoder" if getattr(cls, "CAUSAL", False) else "encoder"
+
+
 def _registered(name: str) -> tuple[Callable[..., nnx.Module], dict[str, Any]]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(model_names())}")

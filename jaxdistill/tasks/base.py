@@ -50,6 +50,7 @@ class Task(Protocol):
 
     name: ClassVar[str]
     input_kind: ClassVar[str]   # the registry's INPUT_KIND of the models it runs
+    model_kind: ClassVar[str]   # registry.model_kind of those models: image, decoder, encoder
     input_dtype: ClassVar[Any]  # dtype of the models' input x
     unit: ClassVar[str]         # what throughput counts: 'examples' | 'tokens'
     best_metric: ClassVar[str]  # the eval metric that ranks checkpoints

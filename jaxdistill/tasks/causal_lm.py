@@ -31,6 +31,7 @@ class CausalLM:
 
     name = "causal_lm"
     input_kind = "tokens"
+    model_kind = "decoder"
     input_dtype = jnp.int32
     unit = "tokens"
     best_metric = "perplexity"

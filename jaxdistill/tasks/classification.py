@@ -18,6 +18,7 @@ class Classification:
 
     name = "classification"
     input_kind = "image"
+    model_kind = "image"
     input_dtype = jnp.float32
     unit = "examples"
     best_metric = "accuracy"

@@ -66,6 +66,7 @@ class SentenceEmbedding:
 
     name = "sentence_embedding"
     input_kind = "tokens"
+    model_kind = "encoder"
     input_dtype = jnp.int32
     unit = "sentences"
     best_metric = "cosine"
