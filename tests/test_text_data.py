@@ -301,8 +301,10 @@ def test_tf_reader_refuses_token_datasets(stdlib, sharding):
 
 def test_load_tokenizer_checks_the_recorded_sha256(topics):
     assert refusal(lambda: load_tokenizer(dataclasses.replace(topics, tokenizer_sha256="0" * 64))
-                   ) == (f"{topics.tokenizer} has sha256 {topics.tokenizer_sha256}, but "
-                         f"pydoc_topics was built with {'0' * 64}")
+                   ) == (f"config.data.name: pydoc_topics's {topics.tokenizer} has sha256 "
+                         f"{topics.tokenizer_sha256}, but the dataset was built with {'0' * 64}: "
+                         f"the file changed since; delete {os.path.dirname(topics.tokenizer)} "
+                         "to prepare pydoc_topics again")
 
 
 # --- prepare_from_config ----------------------------------------------------------------------

@@ -62,8 +62,10 @@ def load_tokenizer(info) -> Tokenizer:
         raise ValueError(f"{info.name} is an {info.kind} dataset: it has no tokenizer")
     sha = file_sha256(info.tokenizer)
     if sha != info.tokenizer_sha256:
-        raise ValueError(f"{info.tokenizer} has sha256 {sha}, but {info.name} was built with "
-                         f"{info.tokenizer_sha256}")
+        raise ValueError(f"config.data.name: {info.name}'s {info.tokenizer} has sha256 {sha}, "
+                         f"but the dataset was built with {info.tokenizer_sha256}: the file "
+                         f"changed since; delete {os.path.dirname(info.tokenizer)} to prepare "
+                         f"{info.name} again")
     return load(info.tokenizer)
 
 

@@ -60,7 +60,7 @@ def check_chunk_size(size: int, seq_len: int, field: str) -> None:
     """Raises a ValueError naming `field` unless 0 (off) or a divisor of `seq_len`."""
     if size < 0 or (size and seq_len % size):
         raise ValueError(f"{field} ({size}) must be 0 (no chunking) or divide the sequence "
-                         f"length {seq_len}; e.g. {_divisor_near(seq_len, size or 128)}")
+                         f"length {seq_len}; e.g. {_divisor_near(seq_len, size if size > 0 else 128)}")
 
 
 def _divisor_near(n: int, target: int) -> int:
