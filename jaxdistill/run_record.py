@@ -12,7 +12,9 @@ A field that the record lacks (one added to jaxdistill since the workdir was sta
 unchanged if it holds its default now: its value in `defaults.base_config()`, or for a
 field of an objective term that the record has, the term's default
 (`objective.term_defaults`). Set to anything else, it is a change like any other. A term,
-teacher or model keyword that the record lacks is a change whatever its value.
+teacher or model keyword that the record lacks is a change whatever its value. A field
+removed from jaxdistill that never changed what a run trains (`REMOVED`) is ignored in the
+record, whatever its value.
 
 config.json is `config.to_json()`, except that a teacher trained into `<workdir>/teacher`
 is recorded as `teacher.checkpoint = ''`, the config's own way of saying so, so that a
@@ -34,6 +36,8 @@ CONFIG = "config.json"
 # the newest checkpoint is refused where the checkpoint is restored.
 RUN_SETTINGS = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
                 "eval_batch_size", "num_steps", "baseline", "mesh", "data.data_dir")
+# Fields jaxdistill no longer has, whose value never changed what a run trained.
+REMOVED = ("data.labeled",)  # it never turned labels off (issue 14 §4)
 
 
 def write_atomically(path: str, text: str) -> None:
@@ -92,6 +96,19 @@ def _defaults(old: dict, new: dict) -> dict:
     return json.loads(json.dumps(tree))
 
 
+def _without(tree: dict, fields) -> dict:
+    """`tree` without the dotted `fields` (those it has)."""
+    tree = json.loads(json.dumps(tree))
+    for field in fields:
+        *sections, leaf = field.split(".")
+        node = tree
+        for name in sections:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return tree
+
+
 def _is_run_setting(field: str) -> bool:
     return any(field == s or field.startswith(f"{s}.") for s in RUN_SETTINGS)
 
@@ -109,6 +126,7 @@ def check(config, workdir: str) -> None:
         raise ValueError(f"--workdir={workdir}: {CONFIG} is not valid JSON ({e}); restore it, or "
                          "delete it to accept the current config") from e
     new = json.loads(config_json(config, workdir))
+    old = _without(old, REMOVED)
     changes = [c for c in changed_fields(old, new, default=_defaults(old, new))
                if not _is_run_setting(c[0])]
     if not changes:

@@ -139,6 +139,20 @@ def test_a_field_added_since_the_record_off_its_default_is_a_change(recorded):
         "--workdir or restore the old values")  # a term the record lacks: at any weight
 
 
+def test_a_removed_field_in_the_record_is_ignored(recorded):
+    workdir, config = recorded
+    path = os.path.join(workdir, run_record.CONFIG)
+    with open(path) as f:
+        old = json.load(f)
+    old["data"]["labeled"] = False  # removed at issue 14: it never turned labels off
+    run_record.write_atomically(path, json.dumps(old))
+    run_record.check(config, workdir)
+    set_fields(config, seed=7)
+    assert refusal(lambda: run_record.check(config, workdir), workdir) == (
+        "config.seed: changed since this workdir was started (0 -> 7); use a new --workdir or "
+        "restore the old value")
+
+
 def test_a_workdir_without_a_readable_record(tmp_path):
     config = load_config("digits_kd", "tiny")
     run_record.check(config, str(tmp_path))  # a new workdir (or an older version's) accepts any
