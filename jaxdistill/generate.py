@@ -30,7 +30,8 @@ from tokenizers import Tokenizer
 from jaxdistill import data
 from jaxdistill.checkpoint import load_teacher
 from jaxdistill.data.tokenizer import EOT
-from jaxdistill.models import build_model, input_kind
+from jaxdistill.models import build_model
+from jaxdistill.models.registry import kind_phrase, model_kind
 
 F32 = jnp.float32
 
@@ -170,13 +171,13 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def role_model(config: ml_collections.ConfigDict, role: str, workdir: str
                ) -> tuple[ml_collections.ConfigDict, str]:
     """(``config.<role>``, the checkpoint path of its params) for role student or teacher;
-    refuses a role without a model or whose model does not read tokens."""
+    refuses a role without a model or whose model is not a decoder."""
     role_cfg = config[role]
     if not role_cfg.model:
         raise ValueError(f"config.{role}.model is '' in {workdir}: that run has no {role}")
-    if input_kind(role_cfg.model) != "tokens":
-        raise ValueError(f"not an LM run: config.{role}.model is {role_cfg.model!r}, which "
-                         "does not read tokens")
+    if model_kind(role_cfg.model) != "decoder":
+        raise ValueError(f"not an LM run: config.{role}.model is {role_cfg.model!r}, "
+                         f"{kind_phrase(role_cfg.model)}; generation needs a decoder")
     if role == "student":
         return role_cfg, workdir
     return role_cfg, role_cfg.checkpoint or os.path.join(workdir, "teacher")

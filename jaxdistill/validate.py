@@ -268,14 +268,10 @@ def _numbers(config, path: str, *, positive: bool = False, unit: bool = False) -
     return values
 
 
-def _a(word: str) -> str:
-    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
-
-
 def check_model(name, field: str, task, allow_empty: bool = False) -> None:
     """`name` (at `field`) is a registry name whose model reads what `task` feeds it."""
     from jaxdistill.models import model_names
-    from jaxdistill.models.registry import model_kind
+    from jaxdistill.models.registry import kind_phrase, model_kind
     if allow_empty and name == "":
         return
     if name == "":
@@ -286,7 +282,7 @@ def check_model(name, field: str, task, allow_empty: bool = False) -> None:
                          f"{options_hint(name, model_names(), 'available models:', names)}")
     if model_kind(name) != task.model_kind:
         fitting = [m for m in model_names() if model_kind(m) == task.model_kind]
-        raise ValueError(f"{field}: {name!r} is {_a(model_kind(name))} model, but task "
+        raise ValueError(f"{field}: {name!r} is {kind_phrase(name)}, but task "
                          f"'{task.name}' trains {task.model_kind} models: "
                          f"{', '.join(fitting)}")
 

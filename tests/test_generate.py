@@ -234,8 +234,12 @@ def test_config_and_role_errors(tmp_path):
     assert path == "/t"
     with pytest.raises(ValueError) as e:
         generate.role_model(_config(student="resnet20"), "student", "/w")
-    assert str(e.value) == (
-        "not an LM run: config.student.model is 'resnet20', which does not read tokens")
+    assert str(e.value) == ("not an LM run: config.student.model is 'resnet20', an image model; "
+                            "generation needs a decoder")
+    with pytest.raises(ValueError) as e:
+        generate.role_model(_config(student="bert_tiny"), "student", "/w")
+    assert str(e.value) == ("not an LM run: config.student.model is 'bert_tiny', an encoder "
+                            "model; generation needs a decoder")
 
 
 def test_load_lm_restores_a_run_checkpoint(tmp_path):

@@ -70,6 +70,12 @@ def model_kind(name: str) -> str:
     return "decoder" if getattr(cls, "CAUSAL", False) else "encoder"
 
 
+def kind_phrase(name: str) -> str:
+    """'an image model', 'a decoder model' or 'an encoder model': `name`'s kind, for messages."""
+    kind = model_kind(name)
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} model"
+
+
 def _registered(name: str) -> tuple[Callable[..., nnx.Module], dict[str, Any]]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available models: {', '.join(model_names())}")
