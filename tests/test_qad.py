@@ -24,7 +24,7 @@ import jaxdistill as jd
 from jaxdistill import export as ex
 from jaxdistill import quantization, validate
 from jaxdistill.experiment import teacher_config
-from jaxdistill.models import build_model
+from jaxdistill.models import build_model, decoder
 
 STUDENT = {"widths": (128,)}  # 64*128 and 128*10 kernels: >= 1,024 elements each (TFLite's floor)
 
@@ -252,11 +252,12 @@ def test_tflite_refuses_an_int4_student(student):
         "stores int8 kernels only); use --format=stablehlo, which keeps its integer kernels")
 
 
-def test_what_a_quantized_student_cannot_be_combined_with_and_the_float_teacher():
+def test_what_a_quantized_student_cannot_be_combined_with_and_the_float_teacher(monkeypatch):
     lm = _config(**{"task": "causal_lm", "student.model": "lm_tiny", "data.name": "pystdlib",
                     "data.seq_len": 64, "lm.chunk_size": 16, "student.quantization": "int8"})
     validate.check_config(lm)  # the decoder's head stays float: chunked or not, the same
-    lm.student.model = "bert_tiny"  # a token model without KERNELS: all of it quantized
+    # a decoder that declares no KERNELS (a user's own): all of it quantized, head included
+    monkeypatch.delattr(decoder.Decoder, "KERNELS")
     with pytest.raises(ValueError) as e:
         validate.check_config(lm)
     assert str(e.value) == (
